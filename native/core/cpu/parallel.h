@@ -1,0 +1,41 @@
+// One place that decides how work is spread over cores, so kernels stay readable and
+// the build works with or without OpenMP.
+#pragma once
+#include <cstdint>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace maml {
+
+inline int thread_count() {
+#ifdef _OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+inline int thread_index() {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
+// Runs body(i) for i in [0, count), spread over the threads; dynamic because units
+// (a task's example, a column chunk) differ in cost at image borders and tails.
+template <class Body>
+void parallel_for(int64_t count, Body body) {
+#ifdef _OPENMP
+  if (count > 1 && thread_count() > 1) {
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t i = 0; i < count; ++i) body(i);
+    return;
+  }
+#endif
+  for (int64_t i = 0; i < count; ++i) body(i);
+}
+
+}  // namespace maml

@@ -1,0 +1,276 @@
+#include "network.h"
+
+#include <algorithm>
+#include <cmath>
+#include <stdexcept>
+
+#include "cpu/conv.h"
+#include "cpu/losses.h"
+#include "cpu/simple_layers.h"
+
+namespace maml {
+
+namespace {
+
+// Per-task pointers to one parameter tensor (null where the vector or tensor is absent).
+template <class Pointer>
+std::vector<Pointer> slice(const Pointer* vectors, int tasks, int64_t offset) {
+  std::vector<Pointer> out(tasks, nullptr);
+  if (vectors && offset >= 0)
+    for (int t = 0; t < tasks; ++t) out[t] = vectors[t] ? vectors[t] + offset : nullptr;
+  return out;
+}
+
+ConvGeometry geometry(const Layer& l) {
+  return {l.in.channels, l.in.height, l.in.width, l.out.channels, l.out.height, l.out.width,
+          l.stride, l.pad_top, l.pad_left};
+}
+
+}  // namespace
+
+template <class T>
+Network<T>::Network(const Architecture& architecture, T batch_norm_epsilon)
+    : arch_(architecture), epsilon_(batch_norm_epsilon) {
+  const size_t layers = arch_.layers.size();
+  buffer_of_.resize(layers + 1);
+  buffer_of_[0] = 0;
+  buffer_width_.push_back(arch_.input.size());
+  for (size_t i = 0; i < layers; ++i) {
+    const Layer& l = arch_.layers[i];
+    if (l.kind == LayerKind::ReLU) {
+      buffer_of_[i + 1] = buffer_of_[i];  // in place
+    } else {
+      buffer_of_[i + 1] = int(buffer_width_.size());
+      buffer_width_.push_back(l.out.size());
+    }
+  }
+  buffers_.resize(buffer_width_.size());
+  buffer_tangents_.resize(buffer_width_.size());
+  argmax_.resize(layers);
+  statistics_.resize(layers);
+}
+
+template <class T>
+double Network<T>::bytes_per_example(const Architecture& a, bool tangent) {
+  double values = a.input.size(), widest = a.input.size(), indices = 0;
+  for (const Layer& l : a.layers) {
+    if (l.kind != LayerKind::ReLU) values += l.out.size();
+    if (l.kind == LayerKind::MaxPool2) indices += l.out.size();
+    widest = std::max<double>(widest, l.in.size());
+  }
+  const double copies = tangent ? 2 : 1;
+  return copies * (values + 2 * widest) * sizeof(T) + indices * sizeof(int32_t);
+}
+
+template <class T>
+size_t Network<T>::workspace_bytes() const {
+  size_t bytes = 0;
+  for (auto& b : buffers_) bytes += b.capacity() * sizeof(T);
+  for (auto& b : buffer_tangents_) bytes += b.capacity() * sizeof(T);
+  for (auto& b : argmax_) bytes += b.capacity() * sizeof(int32_t);
+  for (int i = 0; i < 2; ++i) bytes += (grad_[i].capacity() + grad_tangent_[i].capacity()) * sizeof(T);
+  return bytes;
+}
+
+template <class T>
+void Network<T>::allocate(int examples, bool tangent) {
+  if (examples <= allocated_examples_ && (!tangent || allocated_tangent_)) return;
+  examples = std::max(examples, allocated_examples_);
+  tangent = tangent || allocated_tangent_;
+  int64_t widest = 0;
+  for (size_t b = 0; b < buffers_.size(); ++b) {
+    buffers_[b].resize(size_t(buffer_width_[b]) * examples);
+    if (tangent) buffer_tangents_[b].resize(size_t(buffer_width_[b]) * examples);
+    widest = std::max(widest, buffer_width_[b]);
+  }
+  for (size_t i = 0; i < arch_.layers.size(); ++i)
+    if (arch_.layers[i].kind == LayerKind::MaxPool2) argmax_[i].resize(size_t(arch_.layers[i].out.size()) * examples);
+  for (int i = 0; i < 2; ++i) {
+    grad_[i].resize(size_t(widest) * examples);
+    if (tangent) grad_tangent_[i].resize(size_t(widest) * examples);
+  }
+  allocated_examples_ = examples;
+  allocated_tangent_ = tangent;
+}
+
+template <class T>
+void Network<T>::run(const PassData<T>& data, const T* const* params, const T* const* tangents,
+                     const PassResult<T>& result) {
+  if (data.tasks <= 0 || data.batch <= 0) throw std::invalid_argument("a pass needs at least one task and one example");
+  allocate(data.tasks * data.batch, tangents != nullptr);
+  forward(data, params, tangents);
+
+  // loss per task, gradient of the logits into grad_[0]
+  const int outputs = arch_.outputs;
+  const T* logits = buffers_[buffer_of_.back()].data();
+  const T* logits_tangent = tangents ? buffer_tangents_[buffer_of_.back()].data() : nullptr;
+  const bool backward_wanted = result.grads != nullptr;
+  for (int t = 0; t < data.tasks; ++t) {
+    const int64_t o = int64_t(t) * data.batch * outputs;
+    T* zg = backward_wanted ? grad_[0].data() + o : nullptr;
+    T* zgt = backward_wanted && tangents ? grad_tangent_[0].data() + o : nullptr;
+    const T* zt = zgt ? logits_tangent + o : nullptr;
+    T loss;
+    if (arch_.loss == LossKind::SoftmaxCrossEntropy) {
+      int correct = 0;
+      loss = softmax_cross_entropy<T>(data.batch, outputs, data.loss_weight, logits + o, data.labels + t * data.batch,
+                                      zg, zt, zgt, &correct);
+      if (result.accuracies) result.accuracies[t] = T(correct) / T(data.batch);
+    } else {
+      loss = squared_error<T>(data.batch, outputs, data.loss_weight, logits + o, data.targets + o, zg, zt, zgt);
+      if (result.accuracies) result.accuracies[t] = T(0);
+    }
+    if (result.losses) result.losses[t] = loss;
+  }
+  if (result.logits) std::copy(logits, logits + int64_t(data.tasks) * data.batch * outputs, result.logits);
+  if (backward_wanted) backward(data, params, tangents, result);
+}
+
+template <class T>
+void Network<T>::forward(const PassData<T>& data, const T* const* params, const T* const* tangents) {
+  const int tasks = data.tasks, batch = data.batch;
+  const int64_t examples = int64_t(tasks) * batch;
+  std::copy(data.inputs, data.inputs + examples * arch_.input.size(), buffers_[0].begin());
+  for (size_t i = 0; i < arch_.layers.size(); ++i) {
+    const Layer& l = arch_.layers[i];
+    T* x = buffers_[buffer_of_[i]].data();
+    T* y = buffers_[buffer_of_[i + 1]].data();
+    // the input image has no tangent
+    T* xt = tangents && i > 0 ? buffer_tangents_[buffer_of_[i]].data() : nullptr;
+    T* yt = tangents ? buffer_tangents_[buffer_of_[i + 1]].data() : nullptr;
+    const auto w = slice(params, tasks, l.weight), b = slice(params, tasks, l.bias);
+    const auto wt = slice(tangents, tasks, l.weight), bt = slice(tangents, tasks, l.bias);
+    switch (l.kind) {
+      case LayerKind::Conv3x3: {
+        const ConvGeometry g = geometry(l);
+        conv_forward<T>(g, tasks, batch, x, w.data(), b.data(), y, false);
+        if (tangents) {
+          if (xt) conv_forward<T>(g, tasks, batch, xt, w.data(), bt.data(), yt, false);
+          conv_forward<T>(g, tasks, batch, x, wt.data(), xt ? nullptr : bt.data(), yt, xt != nullptr);
+        }
+        break;
+      }
+      case LayerKind::Linear: {
+        const LinearShape s{tasks, batch, int(l.in.size()), l.out.channels};
+        linear_forward<T>(s, x, w.data(), b.data(), y, false);
+        if (tangents) {
+          if (xt) linear_forward<T>(s, xt, w.data(), bt.data(), yt, false);
+          linear_forward<T>(s, x, wt.data(), xt ? nullptr : bt.data(), yt, xt != nullptr);
+        }
+        break;
+      }
+      case LayerKind::BatchNorm: {
+        const BatchNormShape s{tasks, batch, l.in.channels, int64_t(l.in.height) * l.in.width};
+        batch_norm_forward<T>(s, epsilon_, x, l.weight >= 0 ? w.data() : nullptr, b.data(), y, statistics_[i], xt,
+                              l.weight >= 0 && tangents ? wt.data() : nullptr, tangents ? bt.data() : nullptr, yt);
+        break;
+      }
+      case LayerKind::ReLU: {
+        const int64_t size = examples * l.in.size();
+        relu_forward<T>(size, y);
+        if (yt) relu_mask<T>(size, y, yt);
+        break;
+      }
+      case LayerKind::MaxPool2: {
+        const int64_t planes = examples * l.in.channels;
+        max_pool_forward<T>(planes, l.in.height, l.in.width, x, y, argmax_[i].data());
+        if (yt) max_pool_gather<T>(planes, l.in.height, l.in.width, xt, argmax_[i].data(), yt);
+        break;
+      }
+      case LayerKind::SpatialMean: {
+        const int64_t planes = examples * l.in.channels, plane = int64_t(l.in.height) * l.in.width;
+        spatial_mean_forward<T>(planes, plane, x, y);
+        if (yt) spatial_mean_forward<T>(planes, plane, xt, yt);
+        break;
+      }
+    }
+  }
+}
+
+template <class T>
+void Network<T>::backward(const PassData<T>& data, const T* const* params, const T* const* tangents,
+                          const PassResult<T>& result) {
+  const int tasks = data.tasks, batch = data.batch;
+  const int64_t examples = int64_t(tasks) * batch;
+  const bool tangent = tangents != nullptr;
+  int current = 0;  // grad_[current] holds the gradient of the current layer's output
+  for (int i = int(arch_.layers.size()) - 1; i >= 0; --i) {
+    const Layer& l = arch_.layers[i];
+    const bool first = i == 0;
+    T* x = buffers_[buffer_of_[i]].data();
+    T* y = buffers_[buffer_of_[i + 1]].data();
+    T* xt = tangent && !first ? buffer_tangents_[buffer_of_[i]].data() : nullptr;
+    T* yg = grad_[current].data();
+    T* ygt = tangent ? grad_tangent_[current].data() : nullptr;
+    T* xg = first ? nullptr : grad_[1 - current].data();
+    T* xgt = first || !tangent ? nullptr : grad_tangent_[1 - current].data();
+    const auto w = slice(params, tasks, l.weight), wt = slice(tangents, tasks, l.weight);
+    const auto wg = slice(result.grads, tasks, l.weight), bg = slice(result.grads, tasks, l.bias);
+    const auto wgt = slice(result.grad_tangents, tasks, l.weight), bgt = slice(result.grad_tangents, tasks, l.bias);
+    bool swapped = true;
+    switch (l.kind) {
+      case LayerKind::Conv3x3: {
+        const ConvGeometry g = geometry(l);
+        conv_weight_grad<T>(g, tasks, batch, x, yg, wg.data(), bg.data(), false);
+        if (xg) conv_input_grad<T>(g, tasks, batch, yg, w.data(), xg, false);
+        if (tangent) {
+          // W_grad' = correlate(x', y_grad) + correlate(x, y_grad');  x_grad' = convT(y_grad', W) + convT(y_grad, W')
+          conv_weight_grad<T>(g, tasks, batch, x, ygt, wgt.data(), bgt.data(), false);
+          if (xt) conv_weight_grad<T>(g, tasks, batch, xt, yg, wgt.data(), nullptr, true);
+          if (xgt) {
+            conv_input_grad<T>(g, tasks, batch, ygt, w.data(), xgt, false);
+            conv_input_grad<T>(g, tasks, batch, yg, wt.data(), xgt, true);
+          }
+        }
+        break;
+      }
+      case LayerKind::Linear: {
+        const LinearShape s{tasks, batch, int(l.in.size()), l.out.channels};
+        linear_weight_grad<T>(s, x, yg, wg.data(), bg.data(), false);
+        if (xg) linear_input_grad<T>(s, yg, w.data(), xg, false);
+        if (tangent) {
+          linear_weight_grad<T>(s, x, ygt, wgt.data(), bgt.data(), false);
+          if (xt) linear_weight_grad<T>(s, xt, yg, wgt.data(), nullptr, true);
+          if (xgt) {
+            linear_input_grad<T>(s, ygt, w.data(), xgt, false);
+            linear_input_grad<T>(s, yg, wt.data(), xgt, true);
+          }
+        }
+        break;
+      }
+      case LayerKind::BatchNorm: {
+        const BatchNormShape s{tasks, batch, l.in.channels, int64_t(l.in.height) * l.in.width};
+        const bool scale = l.weight >= 0;
+        batch_norm_backward<T>(s, x, scale ? w.data() : nullptr, statistics_[i], yg, xg, scale ? wg.data() : nullptr,
+                               bg.data(), xt, scale && tangent ? wt.data() : nullptr, ygt, xgt,
+                               scale && tangent ? wgt.data() : nullptr, tangent ? bgt.data() : nullptr);
+        break;
+      }
+      case LayerKind::ReLU: {
+        const int64_t size = examples * l.in.size();
+        relu_mask<T>(size, y, yg);
+        if (ygt) relu_mask<T>(size, y, ygt);
+        swapped = false;
+        break;
+      }
+      case LayerKind::MaxPool2: {
+        const int64_t planes = examples * l.in.channels;
+        if (xg) max_pool_scatter<T>(planes, l.in.height, l.in.width, yg, argmax_[i].data(), xg);
+        if (xgt) max_pool_scatter<T>(planes, l.in.height, l.in.width, ygt, argmax_[i].data(), xgt);
+        break;
+      }
+      case LayerKind::SpatialMean: {
+        const int64_t planes = examples * l.in.channels, plane = int64_t(l.in.height) * l.in.width;
+        if (xg) spatial_mean_backward<T>(planes, plane, yg, xg);
+        if (xgt) spatial_mean_backward<T>(planes, plane, ygt, xgt);
+        break;
+      }
+    }
+    if (swapped) current = 1 - current;
+  }
+}
+
+template class Network<float>;
+template class Network<double>;
+
+}  // namespace maml

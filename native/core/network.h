@@ -1,0 +1,68 @@
+// One pass of an architecture over a group of tasks: forward, loss and reverse, and, when
+// a parameter tangent is given, the same pass carried forward-over-reverse so that the
+// tangent of the parameter gradient is a Hessian-vector product of the loss.
+//
+// Activations are [tasks, batch, C, H, W]; every task has its own flat parameter vector.
+// Only what the reverse pass needs is stored: each layer's input (ReLU works in place and
+// reads its mask back from its output), batch-norm statistics and max-pool indices.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "architecture.h"
+#include "cpu/batch_norm.h"
+
+namespace maml {
+
+template <class T>
+struct PassData {
+  int tasks = 0, batch = 0;
+  const T* inputs = nullptr;         // [tasks, batch, C, H, W]
+  const int32_t* labels = nullptr;   // [tasks, batch] (classification)
+  const T* targets = nullptr;        // [tasks, batch, outputs] (regression)
+  T loss_weight = 1;                 // w of MATH.md: 1/batch for 'mean', 1/shots for 'sum-over-shots'
+};
+
+template <class T>
+struct PassResult {
+  T* const* grads = nullptr;          // per task [P], null: forward only
+  T* const* grad_tangents = nullptr;  // per task [P], the Hessian-vector product
+  T* losses = nullptr;                // [tasks]
+  T* accuracies = nullptr;            // [tasks] (classification)
+  T* logits = nullptr;                // [tasks, batch, outputs], optional
+};
+
+template <class T>
+class Network {
+ public:
+  explicit Network(const Architecture& architecture, T batch_norm_epsilon = T(1e-3));
+
+  // params[t] / tangents[t]: flat vectors of task t (tangents null: no tangent pass).
+  void run(const PassData<T>& data, const T* const* params, const T* const* tangents, const PassResult<T>& result);
+
+  // Workspace bytes one example needs in a pass (the engine sizes task groups from it).
+  static double bytes_per_example(const Architecture& architecture, bool tangent);
+  size_t workspace_bytes() const;
+
+ private:
+  void allocate(int examples, bool tangent);
+  void forward(const PassData<T>& data, const T* const* params, const T* const* tangents);
+  void backward(const PassData<T>& data, const T* const* params, const T* const* tangents, const PassResult<T>& result);
+
+  const Architecture& arch_;
+  T epsilon_;
+  // buffer_of_[i]: which stored buffer holds the input of layer i (i = layers: the logits)
+  std::vector<int> buffer_of_;
+  std::vector<int64_t> buffer_width_;  // values per example
+  std::vector<std::vector<T>> buffers_, buffer_tangents_;
+  std::vector<std::vector<int32_t>> argmax_;
+  std::vector<BatchNormStatistics<T>> statistics_;
+  std::vector<T> grad_[2], grad_tangent_[2];
+  int allocated_examples_ = 0;
+  bool allocated_tangent_ = false;
+};
+
+extern template class Network<float>;
+extern template class Network<double>;
+
+}  // namespace maml

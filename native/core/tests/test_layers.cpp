@@ -1,0 +1,281 @@
+// Each op's reverse and tangent rules against central finite differences in float64
+// (MATH.md), plus the exact adjoint identity <y_grad, y_tangent> = <x_grad, x_tangent> + ...
+#include <functional>
+
+#include "architecture.h"
+#include "check.h"
+#include "cpu/batch_norm.h"
+#include "cpu/conv.h"
+#include "cpu/losses.h"
+#include "cpu/simple_layers.h"
+
+using namespace maml;
+using Vec = std::vector<double>;
+
+static double dot(const Vec& a, const Vec& b) {
+  double s = 0;
+  for (size_t i = 0; i < a.size(); ++i) s += a[i] * b[i];
+  return s;
+}
+
+// Central difference of a vector function along a direction.
+static Vec directional_difference(const std::function<Vec(double)>& f, double eps) {
+  Vec plus = f(eps), minus = f(-eps), out(plus.size());
+  for (size_t i = 0; i < plus.size(); ++i) out[i] = (plus[i] - minus[i]) / (2 * eps);
+  return out;
+}
+
+static Vec axpy(const Vec& x, double a, const Vec& d) {
+  Vec out(x);
+  for (size_t i = 0; i < x.size(); ++i) out[i] += a * d[i];
+  return out;
+}
+
+TEST(conv_geometry_matches_tensorflow_same_and_symmetric) {
+  int out, pad;
+  conv_geometry(28, 2, Padding::TensorFlowSame, &out, &pad);
+  CHECK(out == 14 && pad == 0);
+  conv_geometry(7, 2, Padding::TensorFlowSame, &out, &pad);
+  CHECK(out == 4 && pad == 1);
+  conv_geometry(14, 2, Padding::TensorFlowSame, &out, &pad);
+  CHECK(out == 7 && pad == 0);
+  conv_geometry(84, 1, Padding::TensorFlowSame, &out, &pad);
+  CHECK(out == 84 && pad == 1);
+  conv_geometry(28, 2, Padding::Symmetric, &out, &pad);
+  CHECK(out == 14 && pad == 1);
+  conv_geometry(7, 2, Padding::Symmetric, &out, &pad);
+  CHECK(out == 4 && pad == 1);
+}
+
+// Direct convolution, written from the definition.
+static Vec conv_direct(const ConvGeometry& g, const Vec& x, const Vec& w, const Vec& b) {
+  Vec y(g.out_size(), 0);
+  for (int co = 0; co < g.cout; ++co)
+    for (int oy = 0; oy < g.oh; ++oy)
+      for (int ox = 0; ox < g.ow; ++ox) {
+        double s = b[co];
+        for (int ci = 0; ci < g.cin; ++ci)
+          for (int ky = 0; ky < 3; ++ky)
+            for (int kx = 0; kx < 3; ++kx) {
+              const int iy = oy * g.stride + ky - g.pad_top, ix = ox * g.stride + kx - g.pad_left;
+              if (iy >= 0 && iy < g.h && ix >= 0 && ix < g.w)
+                s += w[((co * g.cin + ci) * 3 + ky) * 3 + kx] * x[(ci * g.h + iy) * g.w + ix];
+            }
+        y[(co * g.oh + oy) * g.ow + ox] = s;
+      }
+  return y;
+}
+
+TEST(conv_forward_and_gradients_match_direct_convolution_and_finite_differences) {
+  struct Case { int h, stride; Padding padding; };
+  for (Case c : {Case{7, 2, Padding::TensorFlowSame}, Case{8, 2, Padding::TensorFlowSame}, Case{8, 2, Padding::Symmetric},
+                 Case{5, 1, Padding::TensorFlowSame}, Case{6, 1, Padding::Symmetric}}) {
+    ConvGeometry g{2, c.h, c.h, 3, 0, 0, c.stride, 0, 0};
+    conv_geometry(c.h, c.stride, c.padding, &g.oh, &g.pad_top);
+    conv_geometry(c.h, c.stride, c.padding, &g.ow, &g.pad_left);
+    std::mt19937_64 rng(c.h * 10 + c.stride);
+    const int tasks = 2, batch = 3;
+    Vec x = maml_test::random_vector(tasks * batch * g.in_size(), rng);
+    Vec w = maml_test::random_vector(tasks * g.cout * g.depth(), rng), b = maml_test::random_vector(tasks * g.cout, rng);
+    Vec r = maml_test::random_vector(tasks * batch * g.out_size(), rng);
+    const double* wp[2] = {w.data(), w.data() + g.cout * g.depth()};
+    const double* bp[2] = {b.data(), b.data() + g.cout};
+    Vec y(r.size());
+    conv_forward<double>(g, tasks, batch, x.data(), wp, bp, y.data(), false);
+    for (int t = 0; t < tasks; ++t)
+      for (int n = 0; n < batch; ++n) {
+        Vec xe(x.begin() + (t * batch + n) * g.in_size(), x.begin() + (t * batch + n + 1) * g.in_size());
+        Vec we(w.begin() + t * g.cout * g.depth(), w.begin() + (t + 1) * g.cout * g.depth());
+        Vec be(b.begin() + t * g.cout, b.begin() + (t + 1) * g.cout);
+        Vec want = conv_direct(g, xe, we, be);
+        Vec got(y.begin() + (t * batch + n) * g.out_size(), y.begin() + (t * batch + n + 1) * g.out_size());
+        CHECK_LESS(maml_test::relative_error(got, want), 1e-13, "conv forward vs direct");
+      }
+    // reverse rules: L = <r, y>; the gradients must equal finite differences of L
+    Vec xg(x.size()), wg(w.size()), bg(b.size());
+    double* wgp[2] = {wg.data(), wg.data() + g.cout * g.depth()};
+    double* bgp[2] = {bg.data(), bg.data() + g.cout};
+    conv_input_grad<double>(g, tasks, batch, r.data(), wp, xg.data(), false);
+    conv_weight_grad<double>(g, tasks, batch, x.data(), r.data(), wgp, bgp, false);
+    auto loss = [&](const Vec& xx, const Vec& ww, const Vec& bb) {
+      const double* wq[2] = {ww.data(), ww.data() + g.cout * g.depth()};
+      const double* bq[2] = {bb.data(), bb.data() + g.cout};
+      Vec yy(r.size());
+      conv_forward<double>(g, tasks, batch, xx.data(), wq, bq, yy.data(), false);
+      return dot(r, yy);
+    };
+    const Vec dx = maml_test::random_vector(x.size(), rng), dw = maml_test::random_vector(w.size(), rng);
+    const Vec db = maml_test::random_vector(b.size(), rng);
+    const double eps = 1e-4;
+    const double fd = (loss(axpy(x, eps, dx), axpy(w, eps, dw), axpy(b, eps, db)) -
+                       loss(axpy(x, -eps, dx), axpy(w, -eps, dw), axpy(b, -eps, db))) / (2 * eps);
+    CHECK_CLOSE(dot(xg, dx) + dot(wg, dw) + dot(bg, db), fd, 1e-8, 1e-10, "conv gradient along a direction");
+    // one coordinate at a time near the padded border
+    for (int i : {0, int(x.size()) - 1, 5}) {
+      Vec e(x.size(), 0);
+      e[i] = 1;
+      const double fdi = (loss(axpy(x, eps, e), w, b) - loss(axpy(x, -eps, e), w, b)) / (2 * eps);
+      CHECK_CLOSE(xg[i], fdi, 1e-8, 1e-10, "conv input gradient element");
+    }
+  }
+}
+
+// Batch norm over [tasks, batch, channels, plane], with the learned scale present.
+struct BatchNormCase {
+  BatchNormShape shape{2, 3, 2, 5};
+  double epsilon = 1e-3;
+  Vec forward(const Vec& x, const Vec& gamma, const Vec& beta, Vec* stats_out = nullptr) const {
+    (void)stats_out;
+    Vec y(x.size());
+    BatchNormStatistics<double> stats;
+    const double* gp[2] = {gamma.data(), gamma.data() + shape.channels};
+    const double* bp[2] = {beta.data(), beta.data() + shape.channels};
+    batch_norm_forward<double>(shape, epsilon, x.data(), gp, bp, y.data(), stats, nullptr, nullptr, nullptr, nullptr);
+    return y;
+  }
+  // returns x_grad, gamma_grad, beta_grad concatenated
+  Vec backward(const Vec& x, const Vec& gamma, const Vec& beta, const Vec& y_grad) const {
+    Vec y(x.size()), xg(x.size()), gg(gamma.size()), bg(beta.size());
+    BatchNormStatistics<double> stats;
+    const double* gp[2] = {gamma.data(), gamma.data() + shape.channels};
+    const double* bp[2] = {beta.data(), beta.data() + shape.channels};
+    double* ggp[2] = {gg.data(), gg.data() + shape.channels};
+    double* bgp[2] = {bg.data(), bg.data() + shape.channels};
+    batch_norm_forward<double>(shape, epsilon, x.data(), gp, bp, y.data(), stats, nullptr, nullptr, nullptr, nullptr);
+    batch_norm_backward<double>(shape, x.data(), gp, stats, y_grad.data(), xg.data(), ggp, bgp, nullptr, nullptr,
+                                nullptr, nullptr, nullptr, nullptr);
+    Vec out = xg;
+    out.insert(out.end(), gg.begin(), gg.end());
+    out.insert(out.end(), bg.begin(), bg.end());
+    return out;
+  }
+};
+
+TEST(batch_norm_reverse_and_tangent_rules_match_finite_differences) {
+  BatchNormCase c;
+  std::mt19937_64 rng(7);
+  const size_t n = size_t(c.shape.tasks) * c.shape.batch * c.shape.channels * c.shape.plane;
+  const size_t p = size_t(c.shape.tasks) * c.shape.channels;
+  Vec x = maml_test::random_vector(n, rng, 2.0), gamma = maml_test::random_vector(p, rng),
+      beta = maml_test::random_vector(p, rng);
+  Vec yg = maml_test::random_vector(n, rng);
+  Vec dx = maml_test::random_vector(n, rng), dgamma = maml_test::random_vector(p, rng),
+      dbeta = maml_test::random_vector(p, rng), dyg = maml_test::random_vector(n, rng);
+  const double eps = 1e-6;
+  // reverse rule: <gradients, direction> equals the directional derivative of <y_grad, y>
+  Vec grads = c.backward(x, gamma, beta, yg);
+  auto loss = [&](double e) { return Vec{dot(yg, c.forward(axpy(x, e, dx), axpy(gamma, e, dgamma), axpy(beta, e, dbeta)))}; };
+  Vec direction = dx;
+  direction.insert(direction.end(), dgamma.begin(), dgamma.end());
+  direction.insert(direction.end(), dbeta.begin(), dbeta.end());
+  CHECK_CLOSE(dot(grads, direction), directional_difference(loss, eps)[0], 1e-7, 1e-10, "batch norm reverse rule");
+
+  // tangents of forward and reverse in one call
+  Vec y(n), yt(n), xg(n), xgt(n), gg(p), bg(p), ggt(p), bgt(p);
+  BatchNormStatistics<double> stats;
+  const int C = c.shape.channels;
+  const double* gp[2] = {gamma.data(), gamma.data() + C};
+  const double* bp[2] = {beta.data(), beta.data() + C};
+  const double* gtp[2] = {dgamma.data(), dgamma.data() + C};
+  const double* btp[2] = {dbeta.data(), dbeta.data() + C};
+  double* ggp[2] = {gg.data(), gg.data() + C};
+  double* bgp[2] = {bg.data(), bg.data() + C};
+  double* ggtp[2] = {ggt.data(), ggt.data() + C};
+  double* bgtp[2] = {bgt.data(), bgt.data() + C};
+  batch_norm_forward<double>(c.shape, c.epsilon, x.data(), gp, bp, y.data(), stats, dx.data(), gtp, btp, yt.data());
+  batch_norm_backward<double>(c.shape, x.data(), gp, stats, yg.data(), xg.data(), ggp, bgp, dx.data(), gtp, dyg.data(),
+                              xgt.data(), ggtp, bgtp);
+  Vec fd_y = directional_difference(
+      [&](double e) { return c.forward(axpy(x, e, dx), axpy(gamma, e, dgamma), axpy(beta, e, dbeta)); }, eps);
+  CHECK_LESS(maml_test::relative_error(yt, fd_y), 1e-7, "batch norm forward tangent");
+  Vec fd_grads = directional_difference(
+      [&](double e) { return c.backward(axpy(x, e, dx), axpy(gamma, e, dgamma), axpy(beta, e, dbeta), axpy(yg, e, dyg)); },
+      eps);
+  Vec tangent_grads = xgt;
+  tangent_grads.insert(tangent_grads.end(), ggt.begin(), ggt.end());
+  tangent_grads.insert(tangent_grads.end(), bgt.begin(), bgt.end());
+  CHECK_LESS(maml_test::relative_error(tangent_grads, fd_grads), 1e-7, "batch norm reverse-rule tangent");
+}
+
+TEST(softmax_cross_entropy_and_squared_error_rules_match_finite_differences) {
+  std::mt19937_64 rng(3);
+  const int n = 4, classes = 5;
+  Vec z = maml_test::random_vector(n * classes, rng, 2.0), dz = maml_test::random_vector(n * classes, rng);
+  std::vector<int32_t> labels{0, 3, 4, 1};
+  const double w = 0.25, eps = 1e-6;
+  Vec zg(z.size()), zgt(z.size());
+  int correct;
+  softmax_cross_entropy<double>(n, classes, w, z.data(), labels.data(), zg.data(), dz.data(), zgt.data(), &correct);
+  auto loss = [&](double e) {
+    Vec zz = axpy(z, e, dz);
+    return Vec{softmax_cross_entropy<double>(n, classes, w, zz.data(), labels.data(), nullptr, nullptr, nullptr, nullptr)};
+  };
+  CHECK_CLOSE(dot(zg, dz), directional_difference(loss, eps)[0], 1e-8, 1e-12, "cross-entropy gradient");
+  auto grad = [&](double e) {
+    Vec zz = axpy(z, e, dz), g(z.size());
+    softmax_cross_entropy<double>(n, classes, w, zz.data(), labels.data(), g.data(), nullptr, nullptr, nullptr);
+    return g;
+  };
+  CHECK_LESS(maml_test::relative_error(zgt, directional_difference(grad, eps)), 1e-7, "cross-entropy gradient tangent");
+  // hand-computed: logits (0, ln 3) with label 1 -> loss = ln(1 + 3) - ln 3
+  Vec two{0.0, std::log(3.0)};
+  int32_t one = 1;
+  CHECK_CLOSE(softmax_cross_entropy<double>(1, 2, 1.0, two.data(), &one, nullptr, nullptr, nullptr, nullptr),
+              std::log(4.0 / 3.0), 1e-14, 0, "cross-entropy by hand");
+
+  Vec t = maml_test::random_vector(n, rng), y = maml_test::random_vector(n, rng), dy = maml_test::random_vector(n, rng);
+  Vec yg(n), ygt(n);
+  squared_error<double>(n, 1, w, y.data(), t.data(), yg.data(), dy.data(), ygt.data());
+  auto se = [&](double e) {
+    Vec yy = axpy(y, e, dy);
+    return Vec{squared_error<double>(n, 1, w, yy.data(), t.data(), nullptr, nullptr, nullptr)};
+  };
+  CHECK_CLOSE(dot(yg, dy), directional_difference(se, eps)[0], 1e-8, 1e-12, "squared error gradient");
+  for (int i = 0; i < n; ++i) CHECK_CLOSE(ygt[i], 2 * w * dy[i], 1e-15, 0, "squared error tangent");
+}
+
+TEST(max_pool_sends_ties_to_the_first_maximum_and_is_its_own_adjoint) {
+  // one 4x4 plane: the top-left window is a four-way tie, the top-right a tie of two
+  Vec x{1, 1, 0, 5, 1, 1, 5, 2, 3, 9, 4, 4, -1, 2, 4, 4};
+  Vec y(4);
+  std::vector<int32_t> index(4);
+  max_pool_forward<double>(1, 4, 4, x.data(), y.data(), index.data());
+  CHECK(y[0] == 1 && y[1] == 5 && y[2] == 9 && y[3] == 4);
+  CHECK(index[0] == 0 && index[1] == 3 && index[2] == 9 && index[3] == 10);
+  Vec yg{1, 2, 3, 4}, xg(16);
+  max_pool_scatter<double>(1, 4, 4, yg.data(), index.data(), xg.data());
+  CHECK(xg[0] == 1 && xg[1] == 0 && xg[4] == 0 && xg[3] == 2 && xg[6] == 0 && xg[9] == 3 && xg[10] == 4);
+  // adjoint identity <y_grad, gather(x_tangent)> = <scatter(y_grad), x_tangent>
+  std::mt19937_64 rng(1);
+  Vec xt = maml_test::random_vector(16, rng), yt(4);
+  max_pool_gather<double>(1, 4, 4, xt.data(), index.data(), yt.data());
+  CHECK_CLOSE(dot(yg, yt), dot(xg, xt), 1e-14, 1e-14, "max pool adjoint");
+}
+
+TEST(linear_and_spatial_mean_reverse_rules_are_adjoints_of_their_tangents) {
+  std::mt19937_64 rng(5);
+  const LinearShape s{2, 3, 4, 5};
+  Vec x = maml_test::random_vector(2 * 3 * 4, rng), w = maml_test::random_vector(2 * 5 * 4, rng);
+  Vec xt = maml_test::random_vector(x.size(), rng), wt = maml_test::random_vector(w.size(), rng);
+  Vec yg = maml_test::random_vector(2 * 3 * 5, rng);
+  const double* wp[2] = {w.data(), w.data() + 20};
+  const double* wtp[2] = {wt.data(), wt.data() + 20};
+  Vec yt(yg.size()), xg(x.size()), wg(w.size());
+  double* wgp[2] = {wg.data(), wg.data() + 20};
+  // y_tangent = x_tangent W^T + x W_tangent^T
+  linear_forward<double>(s, xt.data(), wp, nullptr, yt.data(), false);
+  linear_forward<double>(s, x.data(), wtp, nullptr, yt.data(), true);
+  linear_input_grad<double>(s, yg.data(), wp, xg.data(), false);
+  linear_weight_grad<double>(s, x.data(), yg.data(), wgp, nullptr, false);
+  CHECK_CLOSE(dot(yg, yt), dot(xg, xt) + dot(wg, wt), 1e-13, 1e-13, "linear adjoint identity");
+  // hand-computed linear: x = (1, 2), W = [[3, 4]], b = 0.5 -> 11.5
+  Vec x1{1, 2}, w1{3, 4}, b1{0.5}, y1(1);
+  const double* w1p[1] = {w1.data()};
+  const double* b1p[1] = {b1.data()};
+  linear_forward<double>(LinearShape{1, 1, 2, 1}, x1.data(), w1p, b1p, y1.data(), false);
+  CHECK_CLOSE(y1[0], 11.5, 1e-15, 0, "linear by hand");
+  Vec m = maml_test::random_vector(12, rng), mg = maml_test::random_vector(3, rng), my(3), mx(12);
+  spatial_mean_forward<double>(3, 4, m.data(), my.data());
+  spatial_mean_backward<double>(3, 4, mg.data(), mx.data());
+  CHECK_CLOSE(dot(mg, my), dot(mx, m), 1e-13, 1e-13, "spatial mean adjoint");
+}
