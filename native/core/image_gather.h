@@ -32,7 +32,6 @@ void gather_images(const ImageCache& cache, int64_t examples, const int32_t* ind
       throw std::invalid_argument("rotations need square images");
   }
   const int h = cache.height, w = cache.width;
-  const T scale = T(1) / T(255);
   parallel_for(examples, [&](int64_t e) {
     const uint8_t* src = cache.pixels + indices[e] * cache.image_size();
     T* dst = out + e * cache.image_size();
@@ -47,7 +46,7 @@ void gather_images(const ImageCache& cache, int64_t examples, const int32_t* ind
             sy = ny;
             sx = nx;
           }
-          const T value = T(src[(int64_t(c) * h + sy) * w + sx]) * scale;
+          const T value = T(src[(int64_t(c) * h + sy) * w + sx]) / T(255);
           dst[(int64_t(c) * h + y) * w + x] = cache.invert ? T(1) - value : value;
         }
   });

@@ -241,7 +241,8 @@ Adaptation<T> MetaLearner<T>::adapt_and_evaluate(const T* meta_parameters, const
 }
 
 template <class T>
-std::vector<T> MetaLearner<T>::forward(const T* parameters, int examples, const T* inputs) {
+std::vector<T> MetaLearner<T>::forward(const T* parameters, int examples, const T* inputs,
+                                       std::vector<typename Network<T>::Moments>* moments) {
   PassData<T> d;
   d.tasks = 1;
   d.batch = examples;
@@ -254,6 +255,7 @@ std::vector<T> MetaLearner<T>::forward(const T* parameters, int examples, const 
   PassResult<T> r;
   r.logits = logits.data();
   network_.run(d, &parameters, nullptr, r);
+  if (moments) *moments = network_.batch_norm_moments(0);
   return logits;
 }
 

@@ -70,8 +70,10 @@ class MetaLearner {
   MetaGradient<T> meta_gradient(const T* meta_parameters, const TaskBatch<T>& batch, const InnerLoop& loop);
   Adaptation<T> adapt_and_evaluate(const T* meta_parameters, const TaskBatch<T>& batch, const InnerLoop& loop,
                                    bool keep_adapted, bool keep_logits);
-  // Logits of one set of parameters on [examples] inputs (one task).
-  std::vector<T> forward(const T* parameters, int examples, const T* inputs);
+  // Logits of one set of parameters on [examples] inputs (one task), and optionally the
+  // batch-norm statistics of that batch (what ONNX export freezes into the graph).
+  std::vector<T> forward(const T* parameters, int examples, const T* inputs,
+                         std::vector<typename Network<T>::Moments>* moments = nullptr);
 
   // Per-element step sizes of step k (0 where not adapted).
   std::vector<T> step_size_vector(const InnerLoop& loop, int step) const;

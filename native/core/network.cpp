@@ -73,6 +73,24 @@ size_t Network<T>::workspace_bytes() const {
 }
 
 template <class T>
+std::vector<typename Network<T>::Moments> Network<T>::batch_norm_moments(int task) const {
+  std::vector<Moments> out;
+  for (size_t i = 0; i < arch_.layers.size(); ++i) {
+    const Layer& l = arch_.layers[i];
+    if (l.kind != LayerKind::BatchNorm) continue;
+    Moments m{int(i), {}, {}};
+    for (int c = 0; c < l.in.channels; ++c) {
+      const size_t at = size_t(task) * l.in.channels + c;
+      const double s = statistics_[i].inv_std[at];
+      m.mean.push_back(statistics_[i].mean[at]);
+      m.variance.push_back(1.0 / (s * s) - double(epsilon_));
+    }
+    out.push_back(std::move(m));
+  }
+  return out;
+}
+
+template <class T>
 void Network<T>::allocate(int examples, bool tangent) {
   if (examples <= allocated_examples_ && (!tangent || allocated_tangent_)) return;
   examples = std::max(examples, allocated_examples_);

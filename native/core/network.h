@@ -43,6 +43,12 @@ class Network {
   // Workspace bytes one example needs in a pass (the engine sizes task groups from it).
   static double bytes_per_example(const Architecture& architecture, bool tangent);
   size_t workspace_bytes() const;
+  // Batch-norm statistics of task `task` in the last run: (layer index, mean, biased variance).
+  struct Moments {
+    int layer;
+    std::vector<double> mean, variance;
+  };
+  std::vector<Moments> batch_norm_moments(int task) const;
 
  private:
   void allocate(int examples, bool tangent);

@@ -43,16 +43,40 @@ inline int column_chunk(const ConvGeometry& g) {
 // positions j in [first, first + cols) of one example (row-major over oy, ox).
 template <class T>
 void im2col(const ConvGeometry& g, const T* x, int64_t first, int cols, T* col) {
+  // Walk the chunk row segment by row segment, so the inner loop is a strided copy with
+  // the padded border handled by computing the valid ox range once per segment.
   for (int ci = 0; ci < g.cin; ++ci) {
     const T* plane = x + ci * g.in_plane();
     for (int ky = 0; ky < 3; ++ky)
       for (int kx = 0; kx < 3; ++kx) {
         T* row = col + int64_t((ci * 3 + ky) * 3 + kx) * cols;
-        int oy = int(first / g.ow), ox = int(first % g.ow);
-        for (int j = 0; j < cols; ++j) {
-          const int iy = oy * g.stride + ky - g.pad_top, ix = ox * g.stride + kx - g.pad_left;
-          row[j] = (iy >= 0 && iy < g.h && ix >= 0 && ix < g.w) ? plane[iy * g.w + ix] : T(0);
-          if (++ox == g.ow) ox = 0, ++oy;
+        int64_t position = first;
+        const int64_t end = first + cols;
+        while (position < end) {
+          const int oy = int(position / g.ow), ox0 = int(position % g.ow);
+          const int ox1 = int(std::min<int64_t>(g.ow, ox0 + (end - position)));
+          const int iy = oy * g.stride + ky - g.pad_top;
+          T* out = row + (position - first);
+          if (iy < 0 || iy >= g.h) {
+            std::fill(out, out + (ox1 - ox0), T(0));
+          } else {
+            const T* in = plane + int64_t(iy) * g.w;
+            // valid ox: 0 <= ox*s + kx - pl < w
+            const int shift = kx - g.pad_left;
+            int lo = shift >= 0 ? 0 : (-shift + g.stride - 1) / g.stride;
+            int hi = (g.w - 1 - shift) >= 0 ? (g.w - 1 - shift) / g.stride + 1 : 0;
+            lo = std::max(lo, ox0);
+            hi = std::min(hi, ox1);
+            int ox = ox0;
+            for (; ox < std::min(lo, ox1); ++ox) out[ox - ox0] = T(0);
+            if (g.stride == 1) {
+              for (; ox < hi; ++ox) out[ox - ox0] = in[ox + shift];
+            } else {
+              for (; ox < hi; ++ox) out[ox - ox0] = in[ox * g.stride + shift];
+            }
+            for (ox = std::max(ox, ox0); ox < ox1; ++ox) out[ox - ox0] = T(0);
+          }
+          position += ox1 - ox0;
         }
       }
   }
@@ -169,12 +193,17 @@ void conv_weight_grad(const ConvGeometry& g, int tasks, int batch, const T* x, c
         for (int64_t c = 0; c < chunks; ++c) accumulate_unit(int(task), task * batch + n, c * chunk, dw);
     });
   } else {
+    // Slot s sums units s, s + threads, ... in a fixed order: the result does not depend
+    // on thread timing, so a resumed run reproduces an uninterrupted one bit for bit.
     std::vector<T> partial(size_t(threads) * tasks * weight_size, T(0));
-    parallel_for(int64_t(tasks) * batch * chunks, [&](int64_t unit) {
-      const int64_t example = unit / chunks;
-      const int task = int(example / batch);
-      T* dw = partial.data() + (size_t(thread_index()) * tasks + task) * weight_size;
-      accumulate_unit(task, example, (unit % chunks) * chunk, dw);
+    const int64_t units = int64_t(tasks) * batch * chunks;
+    parallel_for(threads, [&](int64_t slot) {
+      for (int64_t unit = slot; unit < units; unit += threads) {
+        const int64_t example = unit / chunks;
+        const int task = int(example / batch);
+        T* dw = partial.data() + (size_t(slot) * tasks + task) * weight_size;
+        accumulate_unit(task, example, (unit % chunks) * chunk, dw);
+      }
     });
     for (int task = 0; task < tasks; ++task) {
       T* dw = weight_grads[task];

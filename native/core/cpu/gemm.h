@@ -76,6 +76,14 @@ void pack_b(int k, int n, const T* b, MatrixView bv, T* packed) {
   }
 }
 
+// All lanes set to one value; written lane by lane, which GCC turns into one vbroadcast.
+template <class V, class T>
+inline V broadcast(T value) {
+  V v;
+  for (size_t i = 0; i < sizeof(V) / sizeof(T); ++i) v[i] = value;
+  return v;
+}
+
 // acc(MR x NR) = sum_p a_sliver[p] (outer) b_sliver[p]; then C tile = alpha acc + beta C.
 template <class T>
 inline void micro_kernel(int k, const T* __restrict a, const T* __restrict b, T* c, std::ptrdiff_t ldc,
@@ -90,7 +98,7 @@ inline void micro_kernel(int k, const T* __restrict a, const T* __restrict b, T*
     __builtin_memcpy(&b0, b, sizeof(V));
     __builtin_memcpy(&b1, b + L, sizeof(V));
     for (int r = 0; r < MR; ++r) {
-      const V ar = V{} + a[r];
+      const V ar = broadcast<V>(a[r]);
       acc[r][0] += ar * b0;
       acc[r][1] += ar * b1;
     }

@@ -1,0 +1,79 @@
+// Seconds per meta-iteration of the paper's settings, both orders, with FLOPs and the
+// engine's workspace. Prints one JSON line per measurement. The TypeScript bench
+// (bench/order.ts, `maml-native bench order`) runs each setting through the addon in a
+// fresh process; this binary is the same measurement without Node, for profiling.
+// Usage: maml_bench_meta [setting|all] [repeats]
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "flop_count.h"
+#include "meta_learner.h"
+
+using namespace maml;
+
+struct Setting {
+  const char* name;
+  const char* arch;
+  int ways, shots, queries, tasks, steps;
+};
+
+static const Setting settings[] = {
+    {"omniglot-5w1s", "omniglot", 5, 1, 1, 32, 1},   {"omniglot-5w5s", "omniglot", 5, 5, 5, 32, 1},
+    {"omniglot-20w1s", "omniglot", 20, 1, 1, 16, 5}, {"omniglot-20w5s", "omniglot", 20, 5, 5, 16, 5},
+    {"miniimagenet-5w1s", "miniimagenet", 5, 1, 15, 4, 5}, {"miniimagenet-5w5s", "miniimagenet", 5, 5, 15, 2, 5},
+};
+
+int main(int argc, char** argv) {
+  const std::string which = argc > 1 ? argv[1] : "all";
+  const int repeats = argc > 2 ? std::atoi(argv[2]) : 5;
+  for (const Setting& s : settings) {
+    if (which != "all" && which != s.name) continue;
+    ArchitectureOptions o;
+    o.name = s.arch;
+    o.ways = s.ways;
+    const Architecture arch = make_architecture(o);
+    MetaLearner<float> learner(arch);
+    const int support = s.ways * s.shots, query = s.ways * s.queries;
+    std::mt19937 rng(1);
+    std::uniform_real_distribution<float> pixel(0, 1);
+    std::vector<float> si(size_t(s.tasks) * support * arch.input.size()), qi(size_t(s.tasks) * query * arch.input.size());
+    for (auto& v : si) v = pixel(rng);
+    for (auto& v : qi) v = pixel(rng);
+    std::vector<int32_t> sl(size_t(s.tasks) * support), ql(size_t(s.tasks) * query);
+    for (size_t i = 0; i < sl.size(); ++i) sl[i] = int32_t(i % s.ways);
+    for (size_t i = 0; i < ql.size(); ++i) ql[i] = int32_t(i % s.ways);
+    TaskBatch<float> batch;
+    batch.tasks = s.tasks;
+    batch.support = {support, si.data(), sl.data(), nullptr, 1.0f / s.shots};
+    batch.query = {query, qi.data(), ql.data(), nullptr, 1.0f / s.shots};
+    const std::vector<float> theta = initialize_parameters<float>(arch, 1);
+    for (int order = 1; order <= 2; ++order) {
+      InnerLoop loop;
+      loop.steps = s.steps;
+      loop.step_sizes = {0.01};
+      loop.second_order = order == 2;
+      std::vector<double> times;
+      size_t workspace = 0;
+      for (int r = 0; r < repeats + 1; ++r) {
+        const auto start = std::chrono::steady_clock::now();
+        const auto result = learner.meta_gradient(theta.data(), batch, loop);
+        const double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        if (r > 0) times.push_back(t);  // the first call allocates: warm-up
+        workspace = result.workspace_bytes;
+      }
+      std::sort(times.begin(), times.end());
+      const double median = times[times.size() / 2];
+      const double flops = meta_gradient_flops(arch, s.tasks, support, query, s.steps, order == 2);
+      std::printf("{\"setting\": \"%s\", \"order\": %d, \"median_s\": %.4f, \"min_s\": %.4f, \"max_s\": %.4f, \"gflop\": %.3f, \"gflops\": %.1f, \"workspace_mib\": %.1f}\n",
+                  s.name, order, median, times.front(), times.back(), flops / 1e9, flops / median / 1e9,
+                  workspace / 1048576.0);
+      std::fflush(stdout);
+    }
+  }
+  return 0;
+}
