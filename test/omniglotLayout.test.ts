@@ -80,6 +80,16 @@ test('folder of zips gives the same checksum and the same bytes; __MACOSX junk i
   assert.ok(layout.characters[0]!.images[0]!.origin.includes('images_background.zip:'));
   const result = await prepareOmniglot({ src, out: tmp('out') });
   assert.deepEqual(fs.readFileSync(path.join(result.cacheDir, 'pixels.u8')), reference.pixels);
+
+  // Zipped and unpacked side by side: each image once, the unpacked copy preferred.
+  fs.cpSync(path.join(unpacked, 'images_background'), path.join(src, 'images_background'), { recursive: true });
+  const both = await findOmniglotLayout(src);
+  await both.close();
+  assert.equal(both.imageCount, 28);
+  assert.equal(both.sourceChecksum, reference.checksum);
+  assert.ok(both.report.includes('20 images found twice (e.g. both zipped and unpacked); used one copy of each'), both.report.join('\n'));
+  const origins = both.characters.flatMap((c) => c.images.map((i) => i.origin));
+  assert.equal(origins.filter((o) => o.includes('.zip:')).length, 8);
 });
 
 test('a single zip as --src holds only its half', async () => {

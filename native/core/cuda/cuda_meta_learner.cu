@@ -403,7 +403,7 @@ Adaptation<T> CudaMetaLearner<T>::adapt_on_device(int tasks, const InnerLoop& lo
     if (keep_adapted) {
       T* dst = out.adapted.data() + int64_t(first) * P;
       if (K == 0) {
-        std::vector<T> meta(size_t(P));
+        std::vector<T> meta(static_cast<size_t>(P));
         meta_.download(meta.data(), size_t(P));
         for (int t = 0; t < count; ++t) std::copy(meta.begin(), meta.end(), dst + int64_t(t) * P);
       } else {

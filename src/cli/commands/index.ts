@@ -1,5 +1,8 @@
 // Every command besides `gradient`, in the order `--help` lists them.
 import type { CommandModule } from 'yargs';
+import { prepareCommand } from './prepare.js';
+import { trainCommand } from './train.js';
+import { evalCommand } from './eval.js';
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
-export const registeredCommands: CommandModule<any, any>[] = [];
+export const registeredCommands: CommandModule<any, any>[] = [prepareCommand, trainCommand, evalCommand];

@@ -1,0 +1,39 @@
+import type { CommandModule } from 'yargs';
+import path from 'node:path';
+import { evaluate, formatEvaluation } from '../../eval/evaluate.js';
+import { createProgress } from '../../report/progress.js';
+
+export const evalCommand: CommandModule = {
+  command: 'eval',
+  describe: 'adapt on seeded test tasks and report accuracy for inner steps 0..S with std and 95% CI (the paper\'s table)',
+  builder: (y) =>
+    y
+      .option('checkpoint', { type: 'string', demandOption: true, describe: 'run folder (or its checkpoint.safetensors); never modified' })
+      .option('data', { type: 'string', describe: 'data folder holding the prepared caches (default: the one the run used)' })
+      .option('tasks', { type: 'number', default: 600, describe: 'test tasks (the original: 600)' })
+      .option('steps', { type: 'number', describe: 'inner steps at test time (default: the run\'s, 10 in the paper)' })
+      .option('seed', { type: 'number', default: 0, describe: 'seed of the test tasks' })
+      .option('split', { type: 'string', choices: ['test', 'val'], default: 'test', describe: 'which classes to draw tasks from' })
+      .option('test-queries', { type: 'string', default: 'standard', describe: 'query images per class: standard (15 for miniimagenet, K for omniglot), paper (K, as the original code; wide intervals), or a number' })
+      .option('json', { type: 'string', describe: 'also write the table as JSON: rows of {step, mean, std, ci95} (fractions) plus the configuration' })
+      .option('csv', { type: 'string', describe: 'also write the table as CSV' }),
+  handler: async (a) => {
+    const args = a as Record<string, any>;
+    const testQueries = args.testQueries === 'standard' || args.testQueries === 'paper' ? args.testQueries : Number(args.testQueries);
+    if (typeof testQueries === 'number' && !(Number.isInteger(testQueries) && testQueries > 0)) {
+      throw new Error(`--test-queries: expected standard, paper or a whole number, got ${args.testQueries}`);
+    }
+    let progress: ReturnType<typeof createProgress> | undefined;
+    const result = await evaluate({
+      checkpoint: path.resolve(args.checkpoint), data: args.data && path.resolve(args.data), tasks: args.tasks, steps: args.steps,
+      seed: args.seed, split: args.split, testQueries, json: args.json, csv: args.csv,
+      onProgress: (done, total) => {
+        progress ??= createProgress({ total, label: 'eval' });
+        progress.update(done);
+      },
+    });
+    progress?.stop();
+    process.stdout.write(`${formatEvaluation(result)}\n`);
+    if (args.json) process.stdout.write(`wrote ${args.json}\n`);
+  },
+};
