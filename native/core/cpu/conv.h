@@ -33,48 +33,60 @@ struct ConvGeometry {
 namespace conv_detail {
 
 // Columns per GEMM call: enough to amortise packing the weights, small enough that the
-// im2col block stays in cache.
+// im2col block stays in cache. Columns run over all examples of a task (n * oh * ow), so
+// the small late layers (4 or 16 positions) still make wide matrices.
 inline int column_chunk(const ConvGeometry& g) {
   int chunk = (65536 / std::max(1, g.depth()) + 15) / 16 * 16;
   return std::clamp(chunk, 64, 1024);
 }
 
-// col[(ci*9 + ky*3 + kx) * cols + j] = x[ci, oy*s + ky - pt, ox*s + kx - pl] for the output
-// positions j in [first, first + cols) of one example (row-major over oy, ox).
+// Visits the columns [first, first + count) of a task as runs inside one example:
+// visit(example, position_in_example, length, offset_in_chunk).
+template <class Visit>
+void for_each_run(const ConvGeometry& g, int64_t first, int64_t count, Visit visit) {
+  const int64_t plane = g.out_plane();
+  int64_t p = first;
+  const int64_t end = first + count;
+  while (p < end) {
+    const int64_t example = p / plane, position = p % plane;
+    const int64_t length = std::min(end - p, plane - position);
+    visit(example, position, length, p - first);
+    p += length;
+  }
+}
+
+// col[(ci*9 + ky*3 + kx) * ld + offset + j] = x[ci, oy*s + ky - pt, ox*s + kx - pl] for the
+// output positions [first, first + count) of one example (row-major over oy, ox).
 template <class T>
-void im2col(const ConvGeometry& g, const T* x, int64_t first, int cols, T* col) {
-  // Walk the chunk row segment by row segment, so the inner loop is a strided copy with
-  // the padded border handled by computing the valid ox range once per segment.
+void im2col(const ConvGeometry& g, const T* x, int64_t first, int64_t count, T* col, int64_t ld) {
   for (int ci = 0; ci < g.cin; ++ci) {
     const T* plane = x + ci * g.in_plane();
     for (int ky = 0; ky < 3; ++ky)
       for (int kx = 0; kx < 3; ++kx) {
-        T* row = col + int64_t((ci * 3 + ky) * 3 + kx) * cols;
+        T* row = col + int64_t((ci * 3 + ky) * 3 + kx) * ld;
+        // walk output-row segments: the valid ox range is computed once per segment
         int64_t position = first;
-        const int64_t end = first + cols;
+        const int64_t end = first + count;
+        const int shift = kx - g.pad_left;
+        const int valid_lo = shift >= 0 ? 0 : (-shift + g.stride - 1) / g.stride;
+        const int valid_hi = (g.w - 1 - shift) >= 0 ? (g.w - 1 - shift) / g.stride + 1 : 0;
         while (position < end) {
           const int oy = int(position / g.ow), ox0 = int(position % g.ow);
           const int ox1 = int(std::min<int64_t>(g.ow, ox0 + (end - position)));
           const int iy = oy * g.stride + ky - g.pad_top;
-          T* out = row + (position - first);
+          T* out = row + (position - first) - ox0;
           if (iy < 0 || iy >= g.h) {
-            std::fill(out, out + (ox1 - ox0), T(0));
+            for (int ox = ox0; ox < ox1; ++ox) out[ox] = T(0);
           } else {
-            const T* in = plane + int64_t(iy) * g.w;
-            // valid ox: 0 <= ox*s + kx - pl < w
-            const int shift = kx - g.pad_left;
-            int lo = shift >= 0 ? 0 : (-shift + g.stride - 1) / g.stride;
-            int hi = (g.w - 1 - shift) >= 0 ? (g.w - 1 - shift) / g.stride + 1 : 0;
-            lo = std::max(lo, ox0);
-            hi = std::min(hi, ox1);
-            int ox = ox0;
-            for (; ox < std::min(lo, ox1); ++ox) out[ox - ox0] = T(0);
+            const T* in = plane + int64_t(iy) * g.w + shift;
+            const int lo = std::clamp(valid_lo, ox0, ox1), hi = std::clamp(valid_hi, lo, ox1);
+            for (int ox = ox0; ox < lo; ++ox) out[ox] = T(0);
             if (g.stride == 1) {
-              for (; ox < hi; ++ox) out[ox - ox0] = in[ox + shift];
+              for (int ox = lo; ox < hi; ++ox) out[ox] = in[ox];
             } else {
-              for (; ox < hi; ++ox) out[ox - ox0] = in[ox * g.stride + shift];
+              for (int ox = lo; ox < hi; ++ox) out[ox] = in[ox * g.stride];
             }
-            for (ox = std::max(ox, ox0); ox < ox1; ++ox) out[ox - ox0] = T(0);
+            for (int ox = hi; ox < ox1; ++ox) out[ox] = T(0);
           }
           position += ox1 - ox0;
         }
@@ -82,31 +94,85 @@ void im2col(const ConvGeometry& g, const T* x, int64_t first, int cols, T* col) 
   }
 }
 
-// The adjoint of im2col for input channels [c0, c1): x[...] += col[...] over all output positions.
+// The adjoint of im2col for input channels [c0, c1): x[...] += col[...] for the output
+// positions [first, first + count) of one example (same row-segment walk as im2col).
 template <class T>
-void col2im_add(const ConvGeometry& g, const T* col, int c0, int c1, T* x) {
-  const int64_t cols = g.out_plane();
+void col2im_add(const ConvGeometry& g, const T* col, int64_t ld, int c0, int c1, int64_t first, int64_t count, T* x) {
   for (int ci = c0; ci < c1; ++ci) {
     T* plane = x + ci * g.in_plane();
     for (int ky = 0; ky < 3; ++ky)
       for (int kx = 0; kx < 3; ++kx) {
-        const T* row = col + int64_t(((ci - c0) * 3 + ky) * 3 + kx) * cols;
-        for (int oy = 0; oy < g.oh; ++oy) {
+        const T* row = col + int64_t(((ci - c0) * 3 + ky) * 3 + kx) * ld;
+        const int shift = kx - g.pad_left;
+        const int valid_lo = shift >= 0 ? 0 : (-shift + g.stride - 1) / g.stride;
+        const int valid_hi = (g.w - 1 - shift) >= 0 ? (g.w - 1 - shift) / g.stride + 1 : 0;
+        int64_t position = first;
+        const int64_t end = first + count;
+        while (position < end) {
+          const int oy = int(position / g.ow), ox0 = int(position % g.ow);
+          const int ox1 = int(std::min<int64_t>(g.ow, ox0 + (end - position)));
           const int iy = oy * g.stride + ky - g.pad_top;
-          if (iy < 0 || iy >= g.h) continue;
-          for (int ox = 0; ox < g.ow; ++ox) {
-            const int ix = ox * g.stride + kx - g.pad_left;
-            if (ix >= 0 && ix < g.w) plane[iy * g.w + ix] += row[oy * g.ow + ox];
+          if (iy >= 0 && iy < g.h) {
+            const T* in = row + (position - first) - ox0;
+            T* out = plane + int64_t(iy) * g.w + shift;
+            const int lo = std::clamp(valid_lo, ox0, ox1), hi = std::clamp(valid_hi, lo, ox1);
+            if (g.stride == 1) {
+              for (int ox = lo; ox < hi; ++ox) out[ox] += in[ox];
+            } else {
+              for (int ox = lo; ox < hi; ++ox) out[ox * g.stride] += in[ox];
+            }
           }
+          position += ox1 - ox0;
         }
       }
   }
 }
 
+// [cout, count] block of a task's y (layout [batch, cout, plane]) <-> a dense matrix.
+template <class T>
+void gather_columns(const ConvGeometry& g, const T* y_task, int64_t first, int64_t count, T* dense) {
+  for_each_run(g, first, count, [&](int64_t example, int64_t position, int64_t length, int64_t offset) {
+    const T* src = y_task + example * g.out_size() + position;
+    for (int co = 0; co < g.cout; ++co) std::copy(src + co * g.out_plane(), src + co * g.out_plane() + length, dense + co * count + offset);
+  });
+}
+
+template <class T>
+void scatter_columns(const ConvGeometry& g, const T* dense, int64_t first, int64_t count, const T* bias, bool accumulate,
+                     T* y_task) {
+  for_each_run(g, first, count, [&](int64_t example, int64_t position, int64_t length, int64_t offset) {
+    T* dst = y_task + example * g.out_size() + position;
+    for (int co = 0; co < g.cout; ++co) {
+      const T* src = dense + co * count + offset;
+      T* out = dst + co * g.out_plane();
+      const T b = bias ? bias[co] : T(0);
+      if (accumulate) {
+        for (int64_t j = 0; j < length; ++j) out[j] += src[j] + b;
+      } else {
+        for (int64_t j = 0; j < length; ++j) out[j] = src[j] + b;
+      }
+    }
+  });
+}
+
+template <class T>
+void im2col_columns(const ConvGeometry& g, const T* x_task, int64_t first, int64_t count, T* col) {
+  for_each_run(g, first, count, [&](int64_t example, int64_t position, int64_t length, int64_t offset) {
+    im2col(g, x_task + example * g.in_size(), position, length, col + offset, count);
+  });
+}
+
 template <class T>
 std::vector<T>& thread_scratch(int slot) {
-  thread_local std::vector<T> scratch[3];
+  thread_local std::vector<T> scratch[4];
   return scratch[slot];
+}
+
+template <class T>
+T* scratch(int slot, size_t size) {
+  std::vector<T>& v = thread_scratch<T>(slot);
+  if (v.size() < size) v.resize(size);
+  return v.data();
 }
 
 }  // namespace conv_detail
@@ -116,24 +182,19 @@ void conv_forward(const ConvGeometry& g, int tasks, int batch, const T* x, const
                   const T* const* biases, T* y, bool accumulate) {
   using namespace conv_detail;
   const int chunk = column_chunk(g);
-  const int64_t positions = g.out_plane();
-  const int64_t chunks = (positions + chunk - 1) / chunk;
-  parallel_for(int64_t(tasks) * batch * chunks, [&](int64_t unit) {
-    const int64_t example = unit / chunks;  // task * batch + n
-    const int task = int(example / batch);
+  const int64_t columns = int64_t(batch) * g.out_plane();
+  const int64_t chunks = (columns + chunk - 1) / chunk;
+  parallel_for(int64_t(tasks) * chunks, [&](int64_t unit) {
+    const int task = int(unit / chunks);
     const int64_t first = (unit % chunks) * chunk;
-    const int cols = int(std::min<int64_t>(chunk, positions - first));
-    std::vector<T>& col = thread_scratch<T>(0);
-    col.resize(size_t(g.depth()) * chunk);
-    im2col(g, x + example * g.in_size(), first, cols, col.data());
-    T* out = y + example * g.out_size() + first;
-    gemm<T>(g.cout, cols, g.depth(), T(1), weights[task], row_major(g.depth()), col.data(), row_major(cols),
-            accumulate ? T(1) : T(0), out, positions);
-    if (biases && biases[task]) {
-      const T* b = biases[task];
-      for (int co = 0; co < g.cout; ++co)
-        for (int j = 0; j < cols; ++j) out[co * positions + j] += b[co];
-    }
+    const int cols = int(std::min<int64_t>(chunk, columns - first));
+    T* col = scratch<T>(0, size_t(g.depth()) * chunk);
+    T* out = scratch<T>(1, size_t(g.cout) * chunk);
+    const T* x_task = x + int64_t(task) * batch * g.in_size();
+    im2col_columns(g, x_task, first, cols, col);
+    gemm<T>(g.cout, cols, g.depth(), T(1), weights[task], row_major(g.depth()), col, row_major(cols), T(0), out, cols);
+    scatter_columns(g, out, first, cols, biases && biases[task] ? biases[task] : nullptr, accumulate,
+                    y + int64_t(task) * batch * g.out_size());
   });
 }
 
@@ -145,20 +206,29 @@ void conv_input_grad(const ConvGeometry& g, int tasks, int batch, const T* y_gra
   // overlapping 3x3 scatter of col2im never races.
   const int channel_block = std::min(g.cin, 8);
   const int blocks = (g.cin + channel_block - 1) / channel_block;
-  const int64_t positions = g.out_plane();
-  parallel_for(int64_t(tasks) * batch * blocks, [&](int64_t unit) {
-    const int64_t example = unit / blocks;
-    const int task = int(example / batch);
+  const int chunk = column_chunk(g);
+  const int64_t columns = int64_t(batch) * g.out_plane();
+  parallel_for(int64_t(tasks) * blocks, [&](int64_t unit) {
+    const int task = int(unit / blocks);
     const int c0 = int(unit % blocks) * channel_block, c1 = std::min(g.cin, c0 + channel_block);
     const int rows = (c1 - c0) * 9;
-    T* dx = x_grad + example * g.in_size();
-    if (!accumulate) std::fill(dx + c0 * g.in_plane(), dx + c1 * g.in_plane(), T(0));
-    std::vector<T>& col = thread_scratch<T>(1);
-    col.resize(size_t(rows) * positions);
-    // col[rows, positions] = W[:, c0*9 .. c1*9]^T  y_grad[cout, positions]
-    gemm<T>(rows, int(positions), g.cout, T(1), weights[task] + c0 * 9, transposed(g.depth()),
-            y_grad + example * g.out_size(), row_major(positions), T(0), col.data(), positions);
-    col2im_add(g, col.data(), c0, c1, dx);
+    T* dx_task = x_grad + int64_t(task) * batch * g.in_size();
+    if (!accumulate)
+      for (int n = 0; n < batch; ++n)
+        std::fill(dx_task + n * g.in_size() + c0 * g.in_plane(), dx_task + n * g.in_size() + c1 * g.in_plane(), T(0));
+    T* dense = scratch<T>(1, size_t(g.cout) * chunk);
+    T* col = scratch<T>(2, size_t(rows) * chunk);
+    const T* dy_task = y_grad + int64_t(task) * batch * g.out_size();
+    for (int64_t first = 0; first < columns; first += chunk) {
+      const int cols = int(std::min<int64_t>(chunk, columns - first));
+      gather_columns(g, dy_task, first, cols, dense);
+      // col[rows, cols] = W[:, c0*9 .. c1*9]^T  y_grad[cout, cols]
+      gemm<T>(rows, cols, g.cout, T(1), weights[task] + c0 * 9, transposed(g.depth()), dense, row_major(cols), T(0), col,
+              cols);
+      for_each_run(g, first, cols, [&](int64_t example, int64_t position, int64_t length, int64_t offset) {
+        col2im_add(g, col + offset, cols, c0, c1, position, length, dx_task + example * g.in_size());
+      });
+    }
   });
 }
 
@@ -167,42 +237,37 @@ void conv_weight_grad(const ConvGeometry& g, int tasks, int batch, const T* x, c
                       T* const* bias_grads, bool accumulate) {
   using namespace conv_detail;
   const int chunk = column_chunk(g);
-  const int64_t positions = g.out_plane();
-  const int64_t chunks = (positions + chunk - 1) / chunk;
+  const int64_t columns = int64_t(batch) * g.out_plane();
+  const int64_t chunks = (columns + chunk - 1) / chunk;
   const int64_t weight_size = int64_t(g.cout) * g.depth();
-  // One task's examples and chunks all add into the same weight gradient. With enough
-  // tasks, each thread owns whole tasks; with few, threads split the examples and sum
-  // private copies at the end.
   const int threads = thread_count();
-  const bool split_tasks = tasks >= threads;
-  auto accumulate_unit = [&](int task, int64_t example, int64_t first, T* dw) {
-    const int cols = int(std::min<int64_t>(chunk, positions - first));
-    std::vector<T>& col = thread_scratch<T>(2);
-    col.resize(size_t(g.depth()) * chunk);
-    im2col(g, x + example * g.in_size(), first, cols, col.data());
-    // dw[cout, depth] += y_grad[cout, cols] col[depth, cols]^T
-    gemm<T>(g.cout, g.depth(), cols, T(1), y_grad + example * g.out_size() + first, row_major(positions), col.data(),
-            transposed(cols), T(1), dw, g.depth());
-    (void)task;
+  // dw[cout, depth] += y_grad[cout, cols] col[depth, cols]^T over the column chunks of a task
+  auto accumulate_chunk = [&](int task, int64_t first, T* dw) {
+    const int cols = int(std::min<int64_t>(chunk, columns - first));
+    T* col = scratch<T>(0, size_t(g.depth()) * chunk);
+    T* dense = scratch<T>(1, size_t(g.cout) * chunk);
+    im2col_columns(g, x + int64_t(task) * batch * g.in_size(), first, cols, col);
+    gather_columns(g, y_grad + int64_t(task) * batch * g.out_size(), first, cols, dense);
+    gemm<T>(g.cout, g.depth(), cols, T(1), dense, row_major(cols), col, transposed(cols), T(1), dw, g.depth());
   };
-  if (split_tasks) {
+  if (tasks >= threads || chunks == 1) {
+    // each thread owns whole tasks
     parallel_for(tasks, [&](int64_t task) {
       T* dw = weight_grads[task];
       if (!accumulate) std::fill(dw, dw + weight_size, T(0));
-      for (int n = 0; n < batch; ++n)
-        for (int64_t c = 0; c < chunks; ++c) accumulate_unit(int(task), task * batch + n, c * chunk, dw);
+      for (int64_t c = 0; c < chunks; ++c) accumulate_chunk(int(task), c * chunk, dw);
     });
   } else {
-    // Slot s sums units s, s + threads, ... in a fixed order: the result does not depend
+    // Slot s sums chunks s, s + threads, ... in a fixed order: the result does not depend
     // on thread timing, so a resumed run reproduces an uninterrupted one bit for bit.
-    std::vector<T> partial(size_t(threads) * tasks * weight_size, T(0));
-    const int64_t units = int64_t(tasks) * batch * chunks;
+    thread_local std::vector<T> partial_storage;
+    std::vector<T>& partial = partial_storage;
+    partial.assign(size_t(threads) * tasks * weight_size, T(0));
+    const int64_t units = int64_t(tasks) * chunks;
     parallel_for(threads, [&](int64_t slot) {
       for (int64_t unit = slot; unit < units; unit += threads) {
-        const int64_t example = unit / chunks;
-        const int task = int(example / batch);
-        T* dw = partial.data() + (size_t(slot) * tasks + task) * weight_size;
-        accumulate_unit(task, example, (unit % chunks) * chunk, dw);
+        const int task = int(unit / chunks);
+        accumulate_chunk(task, (unit % chunks) * chunk, partial.data() + (size_t(slot) * tasks + task) * weight_size);
       }
     });
     for (int task = 0; task < tasks; ++task) {
@@ -221,8 +286,8 @@ void conv_weight_grad(const ConvGeometry& g, int tasks, int batch, const T* x, c
       for (int co = 0; co < g.cout; ++co) {
         T sum = accumulate ? db[co] : T(0);
         for (int n = 0; n < batch; ++n) {
-          const T* plane = y_grad + (task * batch + n) * g.out_size() + co * positions;
-          for (int64_t j = 0; j < positions; ++j) sum += plane[j];
+          const T* plane = y_grad + (task * batch + n) * g.out_size() + co * g.out_plane();
+          for (int64_t j = 0; j < g.out_plane(); ++j) sum += plane[j];
         }
         db[co] = sum;
       }

@@ -14,6 +14,7 @@
 // 'no CUDA device: skipped' where no device answers.
 // --cpu-reference runs part 3 with the CPU's MetaLearner<float> in place of the CUDA
 // learner: it calibrates the float32 tolerances on a machine without a GPU.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -697,8 +698,12 @@ void check_image_cache() {
 // MiniImagenet at the paper's size, 5-way 1-shot with 15 queries per class. The
 // float32 batch-norm backward over 75 x 84 x 84 positions per channel cancels
 // (x_grad = s (g - mean(g) - x_hat mean(g x_hat)) subtracts nearly equal sums), which
-// costs float32 digits in every framework (DESIGN.md): conv1/conv2 gradients differ
-// from float64 by up to ~1e-2 there, so they are compared loosely and the rest at 2e-3.
+// costs float32 digits in every framework (DESIGN.md). Measured with --cpu-reference
+// (the CPU's own float32 against float64): conv1.weight 2.7e-3, conv2.weight 5.5e-3,
+// conv3.weight 3.6e-3, bn2.bias 3.8e-3, the rest below 1.6e-3. So conv1/conv2 are
+// compared loosely (5e-2), the other tensors at 1e-2, and the conv biases, whose exact
+// gradient is 0 (batch norm removes any constant shift), by their size against the
+// largest gradient entry (1e-3): their per-tensor relative error is noise over zero.
 void check_miniimagenet_paper_size() {
   ArchitectureOptions o;
   o.name = "miniimagenet";
@@ -721,14 +726,53 @@ void check_miniimagenet_paper_size() {
     const std::vector<float> theta32 = cast<float>(theta64);
     const auto want = reference.meta_gradient(theta64.data(), t64.batch, loop);
     const auto got = backend.meta_gradient(theta32.data(), t32.batch, loop);
+    double largest = 0;
+    for (double v : want.gradient) largest = std::max(largest, std::abs(v));
     for (const ParameterInfo& p : arch.parameters) {
-      const bool loose = p.name.rfind("conv1.", 0) == 0 || p.name.rfind("conv2.", 0) == 0;
       std::vector<double> g(got.gradient.begin() + p.offset, got.gradient.begin() + p.offset + p.size);
       std::vector<double> w(want.gradient.begin() + p.offset, want.gradient.begin() + p.offset + p.size);
+      const bool conv_bias = p.name.rfind("conv", 0) == 0 && p.name.find(".bias") != std::string::npos;
+      if (conv_bias) {
+        double diff = 0;
+        for (size_t i = 0; i < g.size(); ++i) diff = std::max(diff, std::abs(g[i] - w[i]));
+        char detail[128];
+        std::snprintf(detail, sizeof detail, "max diff / largest gradient %.2e (tol 1e-03)", diff / largest);
+        report(diff <= 1e-3 * largest, label + ": " + p.name + " (exactly 0 through batch norm)", detail);
+        continue;
+      }
+      const bool loose = p.name.rfind("conv1.", 0) == 0 || p.name.rfind("conv2.", 0) == 0;
       expect_close(label + ": " + p.name + (loose ? " (loose: batch-norm cancellation)" : ""), g, w,
-                   loose ? 5e-2 : 2e-3);
+                   loose ? 5e-2 : 1e-2);
     }
     expect_close(label + ": query loss after", widen(got.query_loss_after), want.query_loss_after, 1e-4);
+  });
+}
+
+// A budget of one byte forces task groups of one: the groups' results must add up to
+// the all-at-once ones (sums over tasks, metrics and step-size gradients at offsets).
+void check_task_groups() {
+  const ArchitectureOptions options = maml_test::small_architectures()[2];  // miniimagenet: max pool, batch norm
+  const std::string label = "cuda float64 meta-gradient in task groups of 1 vs cpu float64 " + maml_test::describe(options);
+  guarded(label, [&] {
+    const Architecture arch = make_architecture(options);
+    MetaLearner<double> reference(arch);
+    cuda::CudaMetaLearner<double> grouped(arch, 1e-3, 1.0);
+    maml_test::RandomTasks<double> tasks(arch, 4, 6, 6, 3, 0.5, 0.5);
+    InnerLoop loop;
+    loop.steps = 2;
+    loop.step_sizes.assign(2 * arch.parameters.size(), 0.1);
+    loop.second_order = true;
+    const auto theta = initialize_parameters<double>(arch, 4);
+    const auto want = reference.meta_gradient(theta.data(), tasks.batch, loop);
+    const auto got = grouped.meta_gradient(theta.data(), tasks.batch, loop);
+    report(got.task_group == 1, label + ": group size", "group " + std::to_string(got.task_group));
+    expect_close(label + ": gradient", got.gradient, want.gradient, 1e-9);
+    expect_close(label + ": per-tensor step-size gradient", got.step_size_gradient, want.step_size_gradient, 1e-9);
+    expect_close(label + ": support accuracy after", got.support_accuracy_after, want.support_accuracy_after, 0);
+    const auto adapted_want = reference.adapt_and_evaluate(theta.data(), tasks.batch, loop, true, true);
+    const auto adapted_got = grouped.adapt_and_evaluate(theta.data(), tasks.batch, loop, true, true);
+    expect_close(label + ": adapt_and_evaluate adapted", adapted_got.adapted, adapted_want.adapted, 1e-9);
+    expect_close(label + ": adapt_and_evaluate logits", adapted_got.logits, adapted_want.logits, 1e-9);
   });
 }
 
@@ -750,7 +794,10 @@ void meta_gradient_checks() {
   for (int steps : {1, 3})
     for (bool second : {false, true})
       check_meta_gradient<float>(paper, 4, 5, 5, steps, second, 1e-4, " 28x28 64 filters 5-way 1-shot");
-  if (!cpu_reference) check_image_cache();
+  if (!cpu_reference) {
+    check_image_cache();
+    check_task_groups();
+  }
   check_miniimagenet_paper_size();
 }
 
