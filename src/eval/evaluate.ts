@@ -17,6 +17,7 @@ export interface EvaluateOptions {
   seed?: number;               // default 0
   split?: 'test' | 'val';
   testQueries?: 'standard' | 'paper' | number;  // queries per class: 15 (standard), K (the paper's code)
+  shots?: number;              // sinusoid only: K support points (and, unless testQueries, K query points) instead of the run's
   json?: string;
   csv?: string;
   onProgress?: (done: number, total: number) => void;
@@ -49,9 +50,17 @@ export function queriesFor(config: TrainConfig, testQueries: EvaluateOptions['te
 export async function evaluate(o: EvaluateOptions): Promise<EvaluationResult> {
   const file = resolveCheckpointFile(o.checkpoint);
   const { config: stored, iteration } = readCheckpointConfig<TrainConfig>(file);
-  const config: TrainConfig = { ...stored, data: o.data ?? stored.data };
+  let config: TrainConfig = { ...stored, data: o.data ?? stored.data };
+  if (o.shots !== undefined) {
+    if (config.dataset !== 'sinusoid') throw new Error(`--shots at evaluation is for sinusoid runs only (this run is ${config.dataset})`);
+    if (!(Number.isInteger(o.shots) && o.shots > 0)) throw new Error(`--shots must be a whole number >= 1, got ${o.shots}`);
+    config = { ...config, shots: o.shots, queries: o.shots, testQueries: o.shots };
+  }
   const context = trainingContext(config);
-  const { parameters } = loadCheckpoint<TrainConfig>(file, context.engine.parameters(), 'float32');
+  const { parameters, extra } = loadCheckpoint<TrainConfig>(file, context.engine.parameters(), 'float32');
+  // a pretrained baseline (sinusoid) fine-tunes with the step size chosen on validation tasks
+  const fineTune = (extra?.fineTune as { stepSize?: number } | undefined)?.stepSize;
+  const stepSize = fineTune ?? config.innerLr;
   const tasks = o.tasks ?? 600, steps = o.steps ?? config.testInnerSteps, seed = o.seed ?? 0;
   const { queries, label } = queriesFor(config, o.testQueries);
   const source = context.source(o.split ?? 'test', seed, undefined, queries);
@@ -60,7 +69,7 @@ export async function evaluate(o: EvaluateOptions): Promise<EvaluationResult> {
   let done = 0;
   while (done < tasks) {
     const count = Math.min(config.metaBatch, tasks - done);
-    const r = await context.engine.adaptAndEvaluate(parameters, source.next(count), { steps, stepSizes: config.innerLr });
+    const r = await context.engine.adaptAndEvaluate(parameters, source.next(count), { steps, stepSizes: stepSize });
     for (let t = 0; t < count; t++) {
       for (let k = 0; k <= steps; k++) {
         const index = t * (steps + 1) + k;
@@ -77,6 +86,10 @@ export async function evaluate(o: EvaluateOptions): Promise<EvaluationResult> {
     checkpoint: file, iteration, dataset: config.dataset, preset: config.preset, ways: config.ways, shots: config.shots,
     testQueries: label, queriesPerClass: queries, tasks, steps, seed, innerLr: config.innerLr, lossReduction: config.lossReduction,
     order: config.order, split: o.split ?? 'test',
+    ...(regression ? {
+      stepSize, stepSizeSource: fineTune !== undefined ? 'fine-tuning step size chosen on validation tasks (extra.fineTune)' : 'the run\'s inner lr',
+      baseline: (config as TrainConfig & { baseline?: string }).baseline ?? 'none (MAML)', trainedShots: stored.shots,
+    } : {}),
   };
   const result: EvaluationResult = { rows, metric: regression ? 'mse' : 'accuracy', configuration, best };
   if (o.json) writeFileAtomic(o.json, `${JSON.stringify({ configuration, metric: result.metric, rows }, null, 2)}\n`);

@@ -18,7 +18,11 @@ export function writeFileAtomic(file: string, data: Uint8Array | string): void {
     }
     renameSync(temporary, file);
   } catch (e) {
-    rmSync(temporary, { force: true });
+    try {
+      rmSync(temporary, { force: true });
+    } catch {
+      // the temporary is not a plain file (something else made it); leave it
+    }
     throw new Error(`could not write ${file}: ${(e as Error).message}`);
   }
 }

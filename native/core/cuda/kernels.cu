@@ -21,6 +21,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "gemm_problems.cuh"
 #include "kernels.cuh"
 
 namespace maml {
@@ -81,7 +82,6 @@ __device__ void block_sum(T (&v)[N]) {
 //   rows, cols, a_at(z, m, k), b_at(z, k, n), depth_range(z, &begin, &end), store(z, m, n, v)
 //   b_depth_fastest: whether consecutive depth indices of B lie closer in memory than
 //   consecutive columns (decides the order threads load the B tile in, for coalescing).
-constexpr int kTileDepth = 16;
 
 template <class T, int BM, int BN, class Problem>
 __global__ void __launch_bounds__((BM / 4) * (BN / 4)) tiled_gemm(const Problem p) {
@@ -173,136 +173,6 @@ void launch_gemm(const Problem& p, int batches, const char* what) {
   check_launch(what);
 }
 
-// ---------------------------------------------------------------------------------------
-// Convolution problems. Shared notation: task z, example nb of the task's batch, output
-// position p = oy * ow + ox, input position q = iy * w + ix, depth index k = ci * 9 + ky * 3 + kx
-// (the row-major order of a [cout, cin, 3, 3] weight), iy = oy * stride + ky - pad_top.
-
-// The value of the virtual im2col matrix at (k, column = nb * out_plane + p) of task z.
-template <class T>
-__device__ inline T im2col_value(const ConvGeometry& g, int batch, const T* x, int z, int64_t k, int64_t column) {
-  const int ci = int(k / 9), r = int(k % 9), ky = r / 3, kx = r % 3;
-  const int64_t positions = g.out_plane();
-  const int64_t nb = column / positions;
-  const int p = int(column % positions);
-  const int oy = p / g.ow, ox = p % g.ow;
-  const int iy = oy * g.stride + ky - g.pad_top, ix = ox * g.stride + kx - g.pad_left;
-  if (iy < 0 || iy >= g.h || ix < 0 || ix >= g.w) return T(0);
-  return x[((int64_t(z) * batch + nb) * g.cin + ci) * g.in_plane() + int64_t(iy) * g.w + ix];
-}
-
-// y[cout, batch * out_plane] = W[cout, cin*9] im2col(x)[cin*9, batch * out_plane] + b
-template <class T>
-struct ConvForwardProblem {
-  ConvGeometry g;
-  int batch;
-  const T* x;
-  TaskTensor<const T> weights, biases;
-  T* y;
-  bool accumulate;
-  int rows;      // cout
-  int64_t cols;  // batch * out_plane
-  static constexpr bool b_depth_fastest = false;  // columns are output positions, contiguous in x
-
-  __device__ void depth_range(int, int64_t* begin, int64_t* end) const {
-    *begin = 0;
-    *end = g.depth();
-  }
-  __device__ T a_at(int z, int m, int64_t k) const { return weights.at(z)[int64_t(m) * g.depth() + k]; }
-  __device__ T b_at(int z, int64_t k, int64_t n) const { return im2col_value(g, batch, x, z, k, n); }
-  __device__ void store(int z, int m, int64_t n, T value) const {
-    const int64_t positions = g.out_plane();
-    const int64_t nb = n / positions, p = n % positions;
-    T* out = y + ((int64_t(z) * batch + nb) * g.cout + m) * positions + p;
-    if (biases) value += biases.at(z)[m];
-    *out = accumulate ? *out + value : value;
-  }
-};
-
-// x_grad[cin, batch * in_plane] = sum over (co, ky, kx) of W[co, ci, ky, kx] y_grad[co, oy, ox]
-// where oy * stride = iy + pad_top - ky: the transposed convolution written as a gather
-// (each x_grad element is owned by one thread: no scatter, no atomics).
-template <class T>
-struct ConvInputGradProblem {
-  ConvGeometry g;
-  int batch;
-  const T* y_grad;
-  TaskTensor<const T> weights;
-  T* x_grad;
-  bool accumulate;
-  int rows;      // cin
-  int64_t cols;  // batch * in_plane
-  static constexpr bool b_depth_fastest = false;
-
-  __device__ void depth_range(int, int64_t* begin, int64_t* end) const {
-    *begin = 0;
-    *end = int64_t(g.cout) * 9;
-  }
-  // depth index k = co * 9 + ky * 3 + kx
-  __device__ T a_at(int z, int ci, int64_t k) const {
-    const int64_t co = k / 9, r = k % 9;
-    return weights.at(z)[co * g.depth() + int64_t(ci) * 9 + r];
-  }
-  __device__ T b_at(int z, int64_t k, int64_t n) const {
-    const int co = int(k / 9), r = int(k % 9), ky = r / 3, kx = r % 3;
-    const int64_t in_plane = g.in_plane();
-    const int64_t nb = n / in_plane;
-    const int q = int(n % in_plane);
-    const int iy = q / g.w, ix = q % g.w;
-    const int sy = iy + g.pad_top - ky, sx = ix + g.pad_left - kx;
-    if (sy < 0 || sx < 0 || sy % g.stride != 0 || sx % g.stride != 0) return T(0);
-    const int oy = sy / g.stride, ox = sx / g.stride;
-    if (oy >= g.oh || ox >= g.ow) return T(0);
-    return y_grad[((int64_t(z) * batch + nb) * g.cout + co) * g.out_plane() + int64_t(oy) * g.ow + ox];
-  }
-  __device__ void store(int z, int ci, int64_t n, T value) const {
-    const int64_t in_plane = g.in_plane();
-    const int64_t nb = n / in_plane, q = n % in_plane;
-    T* out = x_grad + ((int64_t(z) * batch + nb) * g.cin + ci) * in_plane + q;
-    *out = accumulate ? *out + value : value;
-  }
-};
-
-// W_grad[cout, cin*9] = y_grad[cout, R] im2col(x)[cin*9, R]^T over R = batch * out_plane,
-// with R split into `splits` slices: z = task * splits + slice.
-template <class T>
-struct ConvWeightGradProblem {
-  ConvGeometry g;
-  int batch;
-  const T* x;
-  const T* y_grad;
-  int splits;
-  int64_t slice;  // reduction values per slice (a multiple of the tile depth)
-  // splits == 1: written to weight_grads directly; otherwise partial[z][cout][cin*9]
-  TaskTensor<T> weight_grads;
-  T* partial;
-  bool accumulate;
-  int rows;      // cout
-  int64_t cols;  // cin * 9
-  static constexpr bool b_depth_fastest = true;  // depth = output positions, contiguous in x
-
-  __device__ void depth_range(int z, int64_t* begin, int64_t* end) const {
-    const int64_t reduction = int64_t(batch) * g.out_plane();
-    *begin = int64_t(z % splits) * slice;
-    *end = *begin + slice < reduction ? *begin + slice : reduction;
-  }
-  __device__ T a_at(int z, int co, int64_t r) const {
-    const int task = z / splits;
-    const int64_t positions = g.out_plane();
-    const int64_t nb = r / positions, p = r % positions;
-    return y_grad[((int64_t(task) * batch + nb) * g.cout + co) * positions + p];
-  }
-  __device__ T b_at(int z, int64_t r, int64_t k) const { return im2col_value(g, batch, x, z / splits, k, r); }
-  __device__ void store(int z, int co, int64_t k, T value) const {
-    if (splits == 1) {
-      T* out = weight_grads.at(z) + int64_t(co) * g.depth() + k;
-      *out = accumulate ? *out + value : value;
-    } else {
-      partial[(int64_t(z) * g.cout + co) * g.depth() + k] = value;
-    }
-  }
-};
-
 // weight_grads[t][i] (+)= sum over slices of partial[t * splits + s][i], slices in order.
 template <class T>
 __global__ void sum_slices(int tasks, int splits, int64_t size, const T* partial, TaskTensor<T> weight_grads,
@@ -335,80 +205,6 @@ __global__ void conv_bias_grad(ConvGeometry g, int batch, const T* y_grad, TaskT
     *out = accumulate ? *out + v[0] : v[0];
   }
 }
-
-// ---------------------------------------------------------------------------------------
-// Linear problems: y[n, out] = x[n, in] W^T + b with W [out, in] per task.
-template <class T>
-struct LinearForwardProblem {
-  LinearShape s;
-  const T* x;
-  TaskTensor<const T> weights, biases;
-  T* y;
-  bool accumulate;
-  int rows;      // batch
-  int64_t cols;  // outputs
-  static constexpr bool b_depth_fastest = true;  // B = W^T: depth (inputs) contiguous
-
-  __device__ void depth_range(int, int64_t* begin, int64_t* end) const {
-    *begin = 0;
-    *end = s.inputs;
-  }
-  __device__ T a_at(int z, int n, int64_t i) const { return x[(int64_t(z) * s.batch + n) * s.inputs + i]; }
-  __device__ T b_at(int z, int64_t i, int64_t o) const { return weights.at(z)[o * s.inputs + i]; }
-  __device__ void store(int z, int n, int64_t o, T value) const {
-    T* out = y + (int64_t(z) * s.batch + n) * s.outputs + o;
-    if (biases) value += biases.at(z)[o];
-    *out = accumulate ? *out + value : value;
-  }
-};
-
-// x_grad[n, in] = y_grad[n, out] W[out, in]
-template <class T>
-struct LinearInputGradProblem {
-  LinearShape s;
-  const T* y_grad;
-  TaskTensor<const T> weights;
-  T* x_grad;
-  bool accumulate;
-  int rows;      // batch
-  int64_t cols;  // inputs
-  static constexpr bool b_depth_fastest = false;
-
-  __device__ void depth_range(int, int64_t* begin, int64_t* end) const {
-    *begin = 0;
-    *end = s.outputs;
-  }
-  __device__ T a_at(int z, int n, int64_t o) const { return y_grad[(int64_t(z) * s.batch + n) * s.outputs + o]; }
-  __device__ T b_at(int z, int64_t o, int64_t i) const { return weights.at(z)[o * s.inputs + i]; }
-  __device__ void store(int z, int n, int64_t i, T value) const {
-    T* out = x_grad + (int64_t(z) * s.batch + n) * s.inputs + i;
-    *out = accumulate ? *out + value : value;
-  }
-};
-
-// W_grad[out, in] = y_grad[n, out]^T x[n, in]
-template <class T>
-struct LinearWeightGradProblem {
-  LinearShape s;
-  const T* x;
-  const T* y_grad;
-  TaskTensor<T> weight_grads;
-  bool accumulate;
-  int rows;      // outputs
-  int64_t cols;  // inputs
-  static constexpr bool b_depth_fastest = false;
-
-  __device__ void depth_range(int, int64_t* begin, int64_t* end) const {
-    *begin = 0;
-    *end = s.batch;
-  }
-  __device__ T a_at(int z, int o, int64_t n) const { return y_grad[(int64_t(z) * s.batch + n) * s.outputs + o]; }
-  __device__ T b_at(int z, int64_t n, int64_t i) const { return x[(int64_t(z) * s.batch + n) * s.inputs + i]; }
-  __device__ void store(int z, int o, int64_t i, T value) const {
-    T* out = weight_grads.at(z) + int64_t(o) * s.inputs + i;
-    *out = accumulate ? *out + value : value;
-  }
-};
 
 // bias_grads[t][o] (+)= sum_n y_grad[t, n, o], examples in order as on the CPU.
 template <class T>
@@ -769,14 +565,9 @@ void conv_weight_grad(const ConvGeometry& g, int tasks, int batch, const T* x, c
   if (tasks <= 0 || batch <= 0) return;
   const int64_t reduction = int64_t(batch) * g.out_plane();
   const int64_t weight_size = int64_t(g.cout) * g.depth();
-  // Slices of about 2048 reduction values keep each block busy for a while; at most 128
-  // slices bound the partial sums (tasks x 128 x weight size) and the final summation.
-  constexpr int64_t kSliceTarget = 2048;
-  int splits = int(std::min<int64_t>(128, (reduction + kSliceTarget - 1) / kSliceTarget));
-  splits = std::max(1, std::min(splits, 65535 / tasks));
-  int64_t slice = (reduction + splits - 1) / splits;
-  slice = (slice + kTileDepth - 1) / kTileDepth * kTileDepth;
-  splits = int((reduction + slice - 1) / slice);  // no empty slice after rounding up
+  int splits = 1;
+  int64_t slice = 0;
+  weight_grad_slices(reduction, tasks, &splits, &slice);
   T* partial = nullptr;
   if (splits > 1) {
     scratch.reserve(size_t(tasks) * splits * weight_size);

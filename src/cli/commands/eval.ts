@@ -2,6 +2,8 @@ import type { CommandModule } from 'yargs';
 import path from 'node:path';
 import { evaluate, formatEvaluation } from '../../eval/evaluate.js';
 import { createProgress } from '../../report/progress.js';
+import { formatComparison } from '../../sinusoid/compare.js';
+import { writeFileAtomic } from '../../io/atomicFile.js';
 
 export const evalCommand: CommandModule = {
   command: 'eval',
@@ -16,7 +18,9 @@ export const evalCommand: CommandModule = {
       .option('split', { type: 'string', choices: ['test', 'val'], default: 'test', describe: 'which classes to draw tasks from' })
       .option('test-queries', { type: 'string', default: 'standard', describe: 'query images per class: standard (15 for miniimagenet, K for omniglot), paper (K, as the original code; wide intervals), or a number' })
       .option('json', { type: 'string', describe: 'also write the table as JSON: rows of {step, mean, std, ci95} (fractions) plus the configuration' })
-      .option('csv', { type: 'string', describe: 'also write the table as CSV' }),
+      .option('csv', { type: 'string', describe: 'also write the table as CSV' })
+      .option('shots', { type: 'number', describe: 'sinusoid: K support and K query points per test task (default: the run\'s K)' })
+      .option('compare', { type: 'string', describe: 'sinusoid: a second run (e.g. the pretrained baseline) evaluated on the same test tasks; one table side by side (--json then holds both)' }),
   handler: async (a) => {
     const args = a as Record<string, any>;
     const testQueries = args.testQueries === 'standard' || args.testQueries === 'paper' ? args.testQueries : Number(args.testQueries);
@@ -24,9 +28,23 @@ export const evalCommand: CommandModule = {
       throw new Error(`--test-queries: expected standard, paper or a whole number, got ${args.testQueries}`);
     }
     let progress: ReturnType<typeof createProgress> | undefined;
+    const common = {
+      data: args.data && path.resolve(args.data), tasks: args.tasks, steps: args.steps, seed: args.seed, split: args.split,
+      testQueries: args.testQueries === 'standard' ? undefined : testQueries, shots: args.shots,
+    };
+    if (args.compare) {
+      const results = [];
+      for (const checkpoint of [args.checkpoint, args.compare]) results.push(await evaluate({ ...common, checkpoint: path.resolve(checkpoint) }));
+      process.stdout.write(`${formatComparison(results)}\n`);
+      if (args.json) {
+        writeFileAtomic(args.json, `${JSON.stringify(results.map((r) => ({ configuration: r.configuration, metric: r.metric, rows: r.rows })), null, 2)}\n`);
+        process.stdout.write(`wrote ${args.json}\n`);
+      }
+      return;
+    }
     const result = await evaluate({
       checkpoint: path.resolve(args.checkpoint), data: args.data && path.resolve(args.data), tasks: args.tasks, steps: args.steps,
-      seed: args.seed, split: args.split, testQueries, json: args.json, csv: args.csv,
+      seed: args.seed, split: args.split, testQueries, json: args.json, csv: args.csv, shots: args.shots,
       onProgress: (done, total) => {
         progress ??= createProgress({ total, label: 'eval' });
         progress.update(done);

@@ -6,6 +6,7 @@ import { train, CHECKPOINT_FILE } from '../../train/trainer.js';
 import { readCheckpointConfig } from '../../train/checkpoint.js';
 import { PRESETS, type DatasetName } from '../../train/presets.js';
 import { createProgress } from '../../report/progress.js';
+import { formatSelection, isPretrainedBaseline, pretrainedBaselineConfig, trainPretrainedBaseline } from '../../sinusoid/baseline.js';
 
 export const trainCommand: CommandModule = {
   command: 'train',
@@ -34,6 +35,7 @@ export const trainCommand: CommandModule = {
       .option('validation-tasks', { type: 'number', describe: 'tasks per validation (default 100)' })
       .option('split', { type: 'string', choices: ['paper', 'background'], describe: 'omniglot: paper = 1100/100/423 characters from a seeded shuffle; background = train on images_background, test on images_evaluation (for Lake\'s runs)' })
       .option('padding', { type: 'string', choices: ['tf', 'symmetric'], describe: 'conv padding: tf = TensorFlow SAME as the original, symmetric = PyTorch padding=1' })
+      .option('baseline', { type: 'string', choices: ['pretrained'], describe: 'sinusoid: train the paper\'s pretrained baseline instead of MAML (same network, task stream, Adam and iterations; minimises each task\'s query MSE at the shared weights, no inner loop), then pick its test-time fine-tuning step size from {0.001, 0.003, 0.01, 0.02, 0.05, 0.1} by the lowest MSE after 10 steps on 600 validation tasks; stored in the checkpoint for eval' })
       .option('resume', { type: 'boolean', default: false, describe: 'continue the run in --out from its checkpoint (same configuration; --iterations may be raised)' }),
   handler: async (a) => {
     const args = a as Record<string, any>;
@@ -55,6 +57,10 @@ export const trainCommand: CommandModule = {
         checkpointEvery: args.checkpointEvery, validateEvery: args.validateEvery, validationTasks: args.validationTasks,
         split: args.split, padding: args.padding,
       });
+      if (args.baseline === 'pretrained') {
+        config = pretrainedBaselineConfig(config);
+        if (!args.out) config = { ...config, out: config.out.replace(/sinusoid-10shot-/, 'sinusoid-10shot-pretrained-') };
+      }
     }
     let stopRequested = false;
     const onSignal = () => {
@@ -66,7 +72,7 @@ export const trainCommand: CommandModule = {
     process.on('SIGTERM', onSignal);
     let progress: ReturnType<typeof createProgress> | undefined;
     let lastValidation = '';
-    const result = await train(config, {
+    const result = await (isPretrainedBaseline(config) ? trainPretrainedBaseline : train)(config, {
       resume: args.resume,
       shouldStop: () => stopRequested,
       events: {
@@ -94,6 +100,8 @@ export const trainCommand: CommandModule = {
     process.off('SIGTERM', onSignal);
     process.stdout.write(`${result.stoppedEarly ? 'stopped' : 'finished'} at iteration ${result.iteration}: ${result.secondsPerIteration.toFixed(3)} s per iteration (task sampling ${(result.dataFraction * 100).toFixed(2)}% of it)\n`);
     if (result.lastValidation) process.stdout.write(`validation (${result.lastValidation.tasks} tasks, ${result.lastValidation.steps} steps): ${config.dataset === 'sinusoid' ? `mse ${result.lastValidation.loss.toFixed(4)}` : `accuracy ${(result.lastValidation.accuracy * 100).toFixed(2)}%`}\n`);
+    const { fineTune } = result as { fineTune?: Parameters<typeof formatSelection>[0] };
+    if (fineTune) process.stdout.write(`${formatSelection(fineTune)}\n`);
     process.stdout.write(`checkpoint: ${result.checkpoint}\nmetrics and learning curve: ${result.runDir}\n`);
   },
 };

@@ -4,9 +4,13 @@
 // theta_0 shared with stride 0, metric layouts, step-size gradients, the image cache
 // path) and the parity harness itself run and are checked on a machine with no GPU.
 //
-// Linked into maml_cuda_host_emulation with tests/parity.cpp and the CUDA backend's
-// host files compiled as C++ (tests/emulated_backend.cpp). It proves nothing about the
-// kernels in kernels.cu: those are what maml_cuda_parity checks on a GPU.
+// Convolution and linear layers go through the same GEMM problem structs as the GPU
+// (gemm_problems.cuh: implicit im2col, the transposed convolution as a gather, split-K
+// slices), executed by a host loop instead of the tiled kernel; the other launchers call
+// the CPU kernels. Linked into maml_cuda_host_emulation with tests/parity.cpp and the
+// backend's host files compiled as C++ (tests/emulated_backend.cpp). It proves nothing
+// about the tiled kernel, the reductions or the other __global__ functions of
+// kernels.cu: those are what maml_cuda_parity checks on a GPU.
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -19,6 +23,7 @@
 #include "cpu/losses.h"
 #include "cpu/simple_layers.h"
 #include "device.h"
+#include "gemm_problems.cuh"
 #include "image_gather.h"
 #include "kernels.cuh"
 
@@ -67,23 +72,69 @@ maml::ConvGeometry cpu(const ConvGeometry& g) {
 
 }  // namespace
 
+// Convolutions run the very problem structs of kernels.cu (gemm_problems.cuh) through a
+// plain host loop in place of the tiled kernel, so their index arithmetic, padding and
+// split-K slicing are checked here against the CPU kernels.
+template <class T, class Problem>
+void run_on_host(const Problem& p, int batches) {
+  for (int z = 0; z < batches; ++z) {
+    int64_t begin = 0, end = 0;
+    p.depth_range(z, &begin, &end);
+    for (int m = 0; m < p.rows; ++m)
+      for (int64_t n = 0; n < p.cols; ++n) {
+        T sum = 0;
+        for (int64_t k = begin; k < end; ++k) sum += p.a_at(z, m, k) * p.b_at(z, k, n);
+        p.store(z, m, n, sum);
+      }
+  }
+}
+
 template <class T>
 void conv_forward(const ConvGeometry& g, int tasks, int batch, const T* x, TaskTensor<const T> weights,
                   TaskTensor<const T> biases, T* y, bool accumulate) {
-  const auto w = pointers(weights, tasks), b = pointers(biases, tasks);
-  maml::conv_forward<T>(cpu(g), tasks, batch, x, w.data(), or_null(b, bool(biases)), y, accumulate);
+  ConvForwardProblem<T> p{g, batch, x, weights, biases, y, accumulate, g.cout, int64_t(batch) * g.out_plane()};
+  run_on_host<T>(p, tasks);
 }
 template <class T>
 void conv_input_grad(const ConvGeometry& g, int tasks, int batch, const T* y_grad, TaskTensor<const T> weights,
                      T* x_grad, bool accumulate) {
-  const auto w = pointers(weights, tasks);
-  maml::conv_input_grad<T>(cpu(g), tasks, batch, y_grad, w.data(), x_grad, accumulate);
+  ConvInputGradProblem<T> p{g, batch, y_grad, weights, x_grad, accumulate, g.cin, int64_t(batch) * g.in_plane()};
+  run_on_host<T>(p, tasks);
 }
 template <class T>
 void conv_weight_grad(const ConvGeometry& g, int tasks, int batch, const T* x, const T* y_grad,
-                      TaskTensor<T> weight_grads, TaskTensor<T> bias_grads, bool accumulate, DeviceBuffer<T>&) {
-  const auto w = pointers(weight_grads, tasks), b = pointers(bias_grads, tasks);
-  maml::conv_weight_grad<T>(cpu(g), tasks, batch, x, y_grad, w.data(), or_null(b, bool(bias_grads)), accumulate);
+                      TaskTensor<T> weight_grads, TaskTensor<T> bias_grads, bool accumulate, DeviceBuffer<T>& scratch) {
+  const int64_t reduction = int64_t(batch) * g.out_plane();
+  const int64_t weight_size = int64_t(g.cout) * g.depth();
+  int splits = 1;
+  int64_t slice = 0;
+  weight_grad_slices(reduction, tasks, &splits, &slice);
+  T* partial = nullptr;
+  if (splits > 1) {
+    scratch.reserve(size_t(tasks) * splits * weight_size);
+    partial = scratch.data();
+  }
+  ConvWeightGradProblem<T> p{g, batch, x, y_grad, splits, slice, weight_grads, partial, accumulate, g.cout,
+                             int64_t(g.depth())};
+  run_on_host<T>(p, tasks * splits);
+  if (splits > 1)  // sum_slices
+    for (int t = 0; t < tasks; ++t)
+      for (int64_t i = 0; i < weight_size; ++i) {
+        T sum = 0;
+        for (int s = 0; s < splits; ++s) sum += partial[(int64_t(t) * splits + s) * weight_size + i];
+        T* out = weight_grads.at(t) + i;
+        *out = accumulate ? *out + sum : sum;
+      }
+  if (bias_grads)  // conv_bias_grad
+    for (int t = 0; t < tasks; ++t)
+      for (int co = 0; co < g.cout; ++co) {
+        T sum = 0;
+        for (int nb = 0; nb < batch; ++nb)
+          for (int64_t q = 0; q < g.out_plane(); ++q)
+            sum += y_grad[((int64_t(t) * batch + nb) * g.cout + co) * g.out_plane() + q];
+        T* out = bias_grads.at(t) + co;
+        *out = accumulate ? *out + sum : sum;
+      }
 }
 
 template <class T>
@@ -159,22 +210,28 @@ void spatial_mean_backward(int64_t planes, int64_t plane, const T* y_grad, T* x_
 template <class T>
 void linear_forward(const LinearShape& s, const T* x, TaskTensor<const T> weights, TaskTensor<const T> biases, T* y,
                     bool accumulate) {
-  const auto w = pointers(weights, s.tasks), b = pointers(biases, s.tasks);
-  maml::linear_forward<T>({s.tasks, s.batch, s.inputs, s.outputs}, x, w.data(), or_null(b, bool(biases)), y,
-                          accumulate);
+  LinearForwardProblem<T> p{s, x, weights, biases, y, accumulate, s.batch, s.outputs};
+  run_on_host<T>(p, s.tasks);
 }
 template <class T>
 void linear_input_grad(const LinearShape& s, const T* y_grad, TaskTensor<const T> weights, T* x_grad,
                        bool accumulate) {
-  const auto w = pointers(weights, s.tasks);
-  maml::linear_input_grad<T>({s.tasks, s.batch, s.inputs, s.outputs}, y_grad, w.data(), x_grad, accumulate);
+  LinearInputGradProblem<T> p{s, y_grad, weights, x_grad, accumulate, s.batch, s.inputs};
+  run_on_host<T>(p, s.tasks);
 }
 template <class T>
 void linear_weight_grad(const LinearShape& s, const T* x, const T* y_grad, TaskTensor<T> weight_grads,
                         TaskTensor<T> bias_grads, bool accumulate) {
-  const auto w = pointers(weight_grads, s.tasks), b = pointers(bias_grads, s.tasks);
-  maml::linear_weight_grad<T>({s.tasks, s.batch, s.inputs, s.outputs}, x, y_grad, w.data(),
-                              or_null(b, bool(bias_grads)), accumulate);
+  LinearWeightGradProblem<T> p{s, x, y_grad, weight_grads, accumulate, s.outputs, s.inputs};
+  run_on_host<T>(p, s.tasks);
+  if (bias_grads)  // linear_bias_grad
+    for (int t = 0; t < s.tasks; ++t)
+      for (int o = 0; o < s.outputs; ++o) {
+        T* out = bias_grads.at(t) + o;
+        T sum = accumulate ? *out : T(0);
+        for (int n = 0; n < s.batch; ++n) sum += y_grad[(int64_t(t) * s.batch + n) * s.outputs + o];
+        *out = sum;
+      }
 }
 
 template <class T>

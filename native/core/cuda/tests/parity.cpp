@@ -544,6 +544,7 @@ void check_network_pass(const ArchitectureOptions& options) {
 // 3. whole meta-gradients: a backend is whatever computes MetaLearner's results.
 
 bool cpu_reference = false;
+bool skip_large = false;  // --skip-large: no MiniImagenet paper size (slow in host emulation)
 
 template <class T>
 struct Backend {
@@ -798,7 +799,7 @@ void meta_gradient_checks() {
     check_image_cache();
     check_task_groups();
   }
-  check_miniimagenet_paper_size();
+  if (!skip_large) check_miniimagenet_paper_size();
 }
 
 }  // namespace
@@ -806,6 +807,7 @@ void meta_gradient_checks() {
 int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i)
     if (!std::strcmp(argv[i], "--cpu-reference")) cpu_reference = true;
+    else if (!std::strcmp(argv[i], "--skip-large")) skip_large = true;
   if (cpu_reference) {
     std::printf("--cpu-reference: the meta-gradient checks with the CPU's MetaLearner<float> in place of CUDA\n");
     meta_gradient_checks();
