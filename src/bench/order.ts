@@ -61,6 +61,8 @@ export interface Measurement extends Spread {
   workspaceBytes: number;
   workspaceMiB: number;
   taskGroup: number;
+  /** estimate of theta_0..theta_K (and the gradient) per task of a group, held outside workspaceBytes (meta_learner.cpp) */
+  parameterCopiesMiB: number;
   threads: number;
   referenceSeconds: number | null;
   speedupVsReference: number | null;  // referenceSeconds / median
@@ -102,7 +104,7 @@ export interface OrderBenchResult {
   flopRule: string;
   memoryNote: string;
   gemm: GemmCeiling;
-  estimateSeconds: number;
+  estimateSeconds: number | null;
   settings: (BenchSetting & { imagesPerIteration: number })[];
   rows: Measurement[];
   ratios: OrderRatio[];
@@ -222,14 +224,14 @@ export async function runOrderBench(options: OrderBenchOptions = {}): Promise<Or
   else if (asked.length === 0) settings = (quick ? ['omniglot-5w1s', 'miniimagenet-5w1s'] : [...PAPER_SETTING_NAMES]).map(findSetting);
   else if (asked.includes('all')) settings = PAPER_SETTING_NAMES.map(findSetting);
   else settings = [...new Set(asked)].map(findSetting);
-  const repeats = options.repeats ?? (quick ? 3 : 10);
+  const fixedRepeats = options.repeats ?? (quick ? 3 : undefined);   // full: 10, fewer (>= 5) for slow settings
   const warmup = options.warmup ?? (quick ? 1 : 2);
-  const sweepRepeats = options.repeats ?? 3;
+  const sweepRepeats = options.repeats ?? (quick ? 2 : 3);
   const sweepOn = options.sweep ?? true;
   let sweepSettings: BenchSetting[] = [];
   if (sweepOn) {
     if (tiny) sweepSettings = [settings[0]];
-    else if (quick) sweepSettings = [asked.length && !asked.includes('all') ? settings[0] : findSetting('miniimagenet-5w1s')];
+    else if (quick) sweepSettings = [asked.length && !asked.includes('all') ? settings[0] : findSetting('omniglot-5w1s')];
     else sweepSettings = SWEEP_SETTING_NAMES.map(findSetting);
   }
   const requestedSweep = options.sweepSteps;
@@ -241,8 +243,8 @@ export async function runOrderBench(options: OrderBenchOptions = {}): Promise<Or
     ? `GEMM ceiling (build/maml_bench_gemm ${gemm.size}, ${gemm.threads} threads): ${gemm.gflops!.toFixed(1)} GFLOP/s`
     : `GEMM ceiling not measured: ${gemm.reason}`);
 
-  // a first timed iteration per setting (both orders, the setting's steps) for the estimate
-  const probeSettings = [...new Map([...settings, ...sweepSettings].map((s) => [s.name, s])).values()];
+  // full suite: a first timed iteration per setting (both orders, the setting's steps) for the estimate
+  const probeSettings = quick ? [] : [...new Map([...settings, ...sweepSettings].map((s) => [s.name, s])).values()];
   const probe = new Map<string, { 1: number; 2: number; rss: number; overhead: number }>();
   const probeStart = Date.now();
   for (const s of probeSettings) {
@@ -253,10 +255,13 @@ export async function runOrderBench(options: OrderBenchOptions = {}): Promise<Or
   }
   const probeSeconds = (Date.now() - probeStart) / 1000;
   const estimateIteration = (s: BenchSetting, order: 1 | 2, steps: number) =>
-    probe.get(s.name)![order] * settingFlops(s, order, steps) / settingFlops(s, order, s.innerSteps);
+    probe.has(s.name) ? probe.get(s.name)![order] * settingFlops(s, order, steps) / settingFlops(s, order, s.innerSteps) : 0;
+  // full suite: 10 timed iterations, fewer (not under 5) where that would take more than 90 s
+  const repeatsFor = (s: BenchSetting, order: 1 | 2) =>
+    fixedRepeats ?? Math.max(5, Math.min(10, Math.floor(90 / Math.max(1e-9, estimateIteration(s, order, s.innerSteps)))));
 
   const plan: PlannedJob[] = [];
-  for (const s of settings) for (const order of [1, 2] as const) plan.push({ kind: 'main', setting: s, run: { order, steps: s.innerSteps, warmup, repeats } });
+  for (const s of settings) for (const order of [1, 2] as const) plan.push({ kind: 'main', setting: s, run: { order, steps: s.innerSteps, warmup, repeats: repeatsFor(s, order) } });
   const skipped: string[] = [];
   for (const s of sweepSettings) {
     const steps = [...baseSweep];
@@ -268,12 +273,14 @@ export async function runOrderBench(options: OrderBenchOptions = {}): Promise<Or
     }
     for (const st of steps) for (const order of [1, 2] as const) plan.push({ kind: 'sweep', setting: s, run: { order, steps: st, warmup: 1, repeats: sweepRepeats } });
   }
-  const jobSeconds = (j: PlannedJob) => (j.run.warmup + j.run.repeats) * estimateIteration(j.setting, j.run.order, j.run.steps) + probe.get(j.setting.name)!.overhead;
-  const estimateSeconds = plan.reduce((a, j) => a + jobSeconds(j), 0);
-  log(`bench order: ${settings.length} setting(s) x 2 orders, ${repeats} timed iterations after ${warmup} warm-up; sweep ` +
+  const jobSeconds = (j: PlannedJob) => (j.run.warmup + j.run.repeats) * estimateIteration(j.setting, j.run.order, j.run.steps) + (probe.get(j.setting.name)?.overhead ?? 0);
+  const estimateSeconds = quick ? null : plan.reduce((a, j) => a + jobSeconds(j), 0);
+  const mainRepeats = [...new Set(plan.filter((j) => j.kind === 'main').map((j) => j.run.repeats))].sort((a, b) => b - a).join('/');
+  log(`bench order: ${settings.length} setting(s) x 2 orders, ${mainRepeats} timed iterations after ${warmup} warm-up; sweep ` +
       (sweepSettings.length ? `${sweepSettings.map((s) => s.name).join(', ')} at ${[...new Set(plan.filter((j) => j.kind === 'sweep').map((j) => j.run.steps))].join('/')} steps` : 'off') +
       `; ${plan.length} child processes, device ${device}, ${threads} thread(s)`);
-  log(`estimate: about ${formatDuration(estimateSeconds)} (from a first timed iteration per setting, ${formatDuration(probeSeconds)} spent on those)`);
+  if (estimateSeconds === null) log('quick smoke check: no estimate (the full suite times a first iteration per setting and states one)');
+  else log(`estimate: about ${formatDuration(estimateSeconds)} (from a first timed iteration per setting, ${formatDuration(probeSeconds)} spent on those)`);
   for (const line of skipped) log(line);
 
   // run
@@ -346,7 +353,8 @@ function toMeasurement(s: BenchSetting, reply: WorkerReply, gemm: GemmCeiling): 
     seconds: run.seconds, ...st, imagesPerIteration: images, imagesPerSecond: images / st.median, flops, gflops,
     gemmFraction: gemm.available ? gflops / gemm.gflops! : null,
     peakRssMiB: reply.peakRssMiB, baselineRssMiB: reply.baselineRssMiB, cacheMiB: reply.cacheMiB,
-    workspaceBytes: run.workspaceBytes, workspaceMiB: run.workspaceBytes / 1048576, taskGroup: run.taskGroup, threads: reply.threads,
+    workspaceBytes: run.workspaceBytes, workspaceMiB: run.workspaceBytes / 1048576, taskGroup: run.taskGroup,
+    parameterCopiesMiB: (run.steps + 2) * run.taskGroup * reply.parameterCount * reply.bytesPerScalar / 1048576, threads: reply.threads,
     referenceSeconds: ref, speedupVsReference: ref === null ? null : ref / st.median,
   };
 }
@@ -383,18 +391,19 @@ export function formatOrderBench(r: OrderBenchResult): string {
   lines.push(`Reference: ${r.reference.source}; 'vs reference' = reference seconds / ours.`);
   for (const sw of r.sweep) {
     lines.push('', `### inner-step sweep: ${sw.setting}`, '');
-    lines.push('| steps | order | s/iter median | IQR | GFLOP/s | peak RSS MiB | workspace MiB | reference peak MiB |');
-    lines.push('|---|---|---|---|---|---|---|---|');
+    lines.push('| steps | order | s/iter median | IQR | GFLOP/s | peak RSS MiB | workspace MiB | parameter copies MiB (est.) | reference peak MiB |');
+    lines.push('|---|---|---|---|---|---|---|---|---|');
     for (const p of [...sw.points].sort((a, b) => a.steps - b.steps || a.order - b.order)) {
       const ref = sw.referenceMemoryMiB?.[p.order]?.[p.steps];
-      lines.push(`| ${p.steps} | ${p.order === 1 ? '1st' : '2nd'} | ${sig(p.median)} | ${sig(p.iqr, 2)} | ${sig(p.gflops)} | ${sig(p.peakRssMiB, 4)} | ${sig(p.workspaceMiB)} | ${ref === undefined ? '-' : (p.order === 1 ? '~' : '') + ref} |`);
+      lines.push(`| ${p.steps} | ${p.order === 1 ? '1st' : '2nd'} | ${sig(p.median)} | ${sig(p.iqr, 2)} | ${sig(p.gflops)} | ${sig(p.peakRssMiB, 4)} | ${sig(p.workspaceMiB)} | ${sig(p.parameterCopiesMiB)} | ${ref === undefined ? '-' : (p.order === 1 ? '~' : '') + ref} |`);
     }
+    lines.push('', 'parameter copies (est.) = (steps + 2) x task group x parameters x 4 bytes: theta_0..theta_K and the gradient of each task run at once, which meta_learner.cpp holds outside workspaceBytes.');
     for (const order of ['1', '2'] as const) {
       const f = sw.timeFit[order], sp = sw.peakRssSpread[order];
       if (f) lines.push('', `${order === '1' ? 'first' : 'second'} order: time = ${sig(f.intercept)} + ${sig(f.slope)} x steps s (R^2 ${f.r2.toFixed(3)}); peak RSS varies by ${sp === null ? '-' : sig(100 * sp, 2) + '%'} over the steps.`);
     }
   }
-  lines.push('', `JSON: ${r.files.json}${r.files.png ? `; plot: ${r.files.png}` : ''}; ${formatDuration(r.wallSeconds)} in all (estimated ${formatDuration(r.estimateSeconds)}).`);
+  lines.push('', `JSON: ${r.files.json}${r.files.png ? `; plot: ${r.files.png}` : ''}; ${formatDuration(r.wallSeconds)} in all ${r.estimateSeconds === null ? '' : ` (estimated ${formatDuration(r.estimateSeconds)})`}.`);
   return lines.join('\n');
 }
 

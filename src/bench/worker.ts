@@ -35,6 +35,8 @@ export interface WorkerReply {
   baselineRssMiB: number;   // the same before the engine was made (Node and the addon)
   cacheMiB: number;         // the random image cache
   threads: number;
+  parameterCount: number;
+  bytesPerScalar: number;
   inputShape: [number, number, number];
 }
 
@@ -100,7 +102,7 @@ export async function measureInThisProcess(job: WorkerJob, onIteration?: () => v
   }
   return {
     ok: true, runs, peakRssMiB: maxRssMiB(), baselineRssMiB, cacheMiB: pixels.byteLength / 1048576,
-    threads: loadAddon().threads(), inputShape: input,
+    threads: loadAddon().threads(), parameterCount: engine.parameterCount, bytesPerScalar: engine.dtype === 'float64' ? 8 : 4, inputShape: input,
   };
 }
 

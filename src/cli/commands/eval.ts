@@ -2,6 +2,7 @@ import type { CommandModule } from 'yargs';
 import path from 'node:path';
 import { evaluate, formatEvaluation } from '../../eval/evaluate.js';
 import { createProgress } from '../../report/progress.js';
+import { evaluateWithOnnx, formatOnnxEvaluation } from '../../eval/onnxEvaluate.js';
 import { formatComparison } from '../../sinusoid/compare.js';
 import { writeFileAtomic } from '../../io/atomicFile.js';
 
@@ -19,6 +20,9 @@ export const evalCommand: CommandModule = {
       .option('test-queries', { type: 'string', default: 'standard', describe: 'query images per class: standard (15 for miniimagenet, K for omniglot), paper (K, as the original code; wide intervals), or a number' })
       .option('json', { type: 'string', describe: 'also write the table as JSON: rows of {step, mean, std, ci95} (fractions) plus the configuration' })
       .option('csv', { type: 'string', describe: 'also write the table as CSV' })
+      .option('engine', { type: 'string', choices: ['native', 'onnx'], default: 'native', describe: 'native: the engine adapts and classifies; onnx: each adapted network is exported and its query images classified by onnxruntime-node, reported beside the native result' })
+      .option('bn', { type: 'string', choices: ['support', 'batch'], default: 'batch', describe: 'with --engine onnx: batch = statistics of the query batch in the graph (as native; agrees task by task), support = statistics of the support set frozen (single-image inference)' })
+      .option('provider', { type: 'string', choices: ['cpu', 'cuda'], default: 'cpu', describe: 'with --engine onnx: onnxruntime execution provider (cuda falls back to cpu with a notice)' })
       .option('shots', { type: 'number', describe: 'sinusoid: K support and K query points per test task (default: the run\'s K)' })
       .option('compare', { type: 'string', describe: 'sinusoid: a second run (e.g. the pretrained baseline) evaluated on the same test tasks; one table side by side (--json then holds both)' }),
   handler: async (a) => {
@@ -32,6 +36,20 @@ export const evalCommand: CommandModule = {
       data: args.data && path.resolve(args.data), tasks: args.tasks, steps: args.steps, seed: args.seed, split: args.split,
       testQueries: args.testQueries === 'standard' ? undefined : testQueries, shots: args.shots,
     };
+    if (args.engine === 'onnx') {
+      const r = await evaluateWithOnnx({
+        checkpoint: path.resolve(args.checkpoint), data: args.data && path.resolve(args.data), tasks: args.tasks, steps: args.steps,
+        seed: args.seed, batchNorm: args.bn, provider: args.provider, testQueries,
+        onProgress: (done, total) => {
+          progress ??= createProgress({ total, label: 'eval (onnx)' });
+          progress.update(done);
+        },
+      });
+      progress?.stop();
+      process.stdout.write(`${formatOnnxEvaluation(r)}\n`);
+      if (args.json) writeFileAtomic(args.json, `${JSON.stringify(r, null, 2)}\n`);
+      return;
+    }
     if (args.compare) {
       const results = [];
       for (const checkpoint of [args.checkpoint, args.compare]) results.push(await evaluate({ ...common, checkpoint: path.resolve(checkpoint) }));
