@@ -403,7 +403,7 @@ export function formatOrderBench(r: OrderBenchResult): string {
       if (f) lines.push('', `${order === '1' ? 'first' : 'second'} order: time = ${sig(f.intercept)} + ${sig(f.slope)} x steps s (R^2 ${f.r2.toFixed(3)}); peak RSS varies by ${sp === null ? '-' : sig(100 * sp, 2) + '%'} over the steps.`);
     }
   }
-  lines.push('', `JSON: ${r.files.json}${r.files.png ? `; plot: ${r.files.png}` : ''}; ${formatDuration(r.wallSeconds)} in all ${r.estimateSeconds === null ? '' : ` (estimated ${formatDuration(r.estimateSeconds)})`}.`);
+  lines.push('', `JSON: ${r.files.json}${r.files.png ? `; plot: ${r.files.png}` : ''}; ${formatDuration(r.wallSeconds)} in all${r.estimateSeconds === null ? '' : ` (estimated ${formatDuration(r.estimateSeconds)})`}.`);
   return lines.join('\n');
 }
 

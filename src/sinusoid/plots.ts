@@ -128,22 +128,27 @@ export async function renderFitsFigure(fits: TaskFit[], runs: OpenRun[], file: s
 
 const RUN_COLORS = ['#d62728', '#1f77b4', '#2ca02c', '#ff7f0e'];
 
-/** Figure 3 (left): mean squared error against gradient steps, 95% interval as a band. */
-export async function renderErrorCurves(results: EvaluationResult[], file: string): Promise<string> {
+/** Figure 3 (left): mean squared error against gradient steps, 95% interval as a band; medians dashed if given.
+ *  The axis stops at 1.3 x the largest step-0 mean; values beyond it (diverged tasks) are drawn at the top edge. */
+export async function renderErrorCurves(results: EvaluationResult[], file: string, medians?: number[][]): Promise<string> {
+  const finiteTop = Math.max(...results.flatMap((r) => r.rows.map((row) => row.mean + row.ci95)).filter(Number.isFinite));
+  const top = Math.min(finiteTop * 1.05, 1.3 * Math.max(...results.map((r) => r.rows[0].mean + r.rows[0].ci95)));
+  const clamp = (v: number) => (Number.isFinite(v) ? Math.min(v, top) : top);
+  const clipped = results.some((r) => r.rows.some((row) => !(row.mean + row.ci95 <= top)));
   const series: Series[] = results.map((r, i) => ({
-    name: `${labelOf(r)} (step size ${(r.configuration as Record<string, unknown>).stepSize})`,
-    points: r.rows.map((row) => [row.step, row.mean]), color: RUN_COLORS[i % RUN_COLORS.length], markers: true,
+    name: `${labelOf(r)}: mean (step size ${(r.configuration as Record<string, unknown>).stepSize})`,
+    points: r.rows.map((row) => [row.step, clamp(row.mean)]), color: RUN_COLORS[i % RUN_COLORS.length], markers: true,
   }));
-  const top = Math.max(...results.flatMap((r) => r.rows.map((row) => row.mean + row.ci95)));
+  medians?.forEach((m, i) => series.push({ name: `${labelOf(results[i])}: median over tasks`, points: m.map((v, k) => [k, clamp(v)]), color: RUN_COLORS[i % RUN_COLORS.length], dashed: true }));
   const c = results[0].configuration as Record<string, unknown>;
   const svg = lineChartSvg(series, {
     title: `Sinusoid, K=${c.shots}: test MSE vs gradient steps (${c.tasks} tasks, band: 95% CI)`,
-    xLabel: 'number of gradient steps', leftLabel: 'mean squared error', leftRange: [0, top * 1.05],
+    xLabel: 'number of gradient steps', leftLabel: 'mean squared error', leftRange: [0, top],
     extraSvg: (px, py) => results.map((r, i) => {
-      const upper = r.rows.map((row) => `${px(row.step).toFixed(1)},${py(row.mean + row.ci95).toFixed(1)}`);
-      const lower = r.rows.slice().reverse().map((row) => `${px(row.step).toFixed(1)},${py(Math.max(0, row.mean - row.ci95)).toFixed(1)}`);
+      const upper = r.rows.map((row) => `${px(row.step).toFixed(1)},${py(clamp(row.mean + row.ci95)).toFixed(1)}`);
+      const lower = r.rows.slice().reverse().map((row) => `${px(row.step).toFixed(1)},${py(clamp(Math.max(0, row.mean - row.ci95))).toFixed(1)}`);
       return `<polygon points="${[...upper, ...lower].join(' ')}" fill="${RUN_COLORS[i % RUN_COLORS.length]}" fill-opacity="0.18" stroke="none"/>`;
-    }).join(''),
+    }).join('') + (clipped ? `<text x="${px(10)}" y="${py(top) + 16}" text-anchor="end" fill="#555">values above the axis (diverged tasks dominate the mean) drawn at the top edge</text>` : ''),
   });
   await writeSvgAsPng(svg, file);
   return file;

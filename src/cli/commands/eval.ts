@@ -4,6 +4,7 @@ import { evaluate, formatEvaluation } from '../../eval/evaluate.js';
 import { createProgress } from '../../report/progress.js';
 import { evaluateWithOnnx, formatOnnxEvaluation } from '../../eval/onnxEvaluate.js';
 import { formatComparison } from '../../sinusoid/compare.js';
+import { evaluateLakeRuns, formatLakeRuns } from '../../eval/lakeRuns.js';
 import { writeFileAtomic } from '../../io/atomicFile.js';
 
 export const evalCommand: CommandModule = {
@@ -20,6 +21,7 @@ export const evalCommand: CommandModule = {
       .option('test-queries', { type: 'string', default: 'standard', describe: 'query images per class: standard (15 for miniimagenet, K for omniglot), paper (K, as the original code; wide intervals), or a number' })
       .option('json', { type: 'string', describe: 'also write the table as JSON: rows of {step, mean, std, ci95} (fractions) plus the configuration' })
       .option('csv', { type: 'string', describe: 'also write the table as CSV' })
+      .option('lake-runs', { type: 'string', describe: 'evaluate on Lake et al.\'s 20 fixed 20-way 1-shot runs in this folder (runNN/...) instead of sampled tasks; needs a 20-way model trained with --split background' })
       .option('engine', { type: 'string', choices: ['native', 'onnx'], default: 'native', describe: 'native: the engine adapts and classifies; onnx: each adapted network is exported and its query images classified by onnxruntime-node, reported beside the native result' })
       .option('bn', { type: 'string', choices: ['support', 'batch'], default: 'batch', describe: 'with --engine onnx: batch = statistics of the query batch in the graph (as native; agrees task by task), support = statistics of the support set frozen (single-image inference)' })
       .option('provider', { type: 'string', choices: ['cpu', 'cuda'], default: 'cpu', describe: 'with --engine onnx: onnxruntime execution provider (cuda falls back to cpu with a notice)' })
@@ -36,6 +38,12 @@ export const evalCommand: CommandModule = {
       data: args.data && path.resolve(args.data), tasks: args.tasks, steps: args.steps, seed: args.seed, split: args.split,
       testQueries: args.testQueries === 'standard' ? undefined : testQueries, shots: args.shots,
     };
+    if (args.lakeRuns) {
+      const r = await evaluateLakeRuns({ checkpoint: path.resolve(args.checkpoint), runs: path.resolve(args.lakeRuns), steps: args.steps });
+      process.stdout.write(`${formatLakeRuns(r)}\n`);
+      if (args.json) writeFileAtomic(args.json, `${JSON.stringify(r, null, 2)}\n`);
+      return;
+    }
     if (args.engine === 'onnx') {
       const r = await evaluateWithOnnx({
         checkpoint: path.resolve(args.checkpoint), data: args.data && path.resolve(args.data), tasks: args.tasks, steps: args.steps,
