@@ -16,7 +16,7 @@ import { loadCheckpoint } from '../src/train/checkpoint.js';
 import { evaluate } from '../src/eval/evaluate.js';
 import { fineTunedErrors, gridSearch, pickStepSize, selectFineTuneStepSize, trainPretrainedBaseline, FINE_TUNE_GRID } from '../src/sinusoid/baseline.js';
 import { openRun, taskFits } from '../src/sinusoid/plots.js';
-import { sinusoidReport } from '../src/sinusoid/report.js';
+import { perTaskErrors, robustSummary, sinusoidReport } from '../src/sinusoid/report.js';
 import { formatComparison } from '../src/sinusoid/compare.js';
 
 const toF64 = (b: MetaBatch): MetaBatch => ({
@@ -198,6 +198,15 @@ test('MAML run, eval with another K, comparison table and the PNG figures', asyn
   assert.ok(Math.abs(fits[0].predictions[runs[0].label][0][50] - step0[50]) < 1e-6, 'step 0 predicts with the meta-learned weights');
   assert.ok(Math.abs(fits[0].predictions[runs[0].label][1][50] - step0[50]) > 1e-6, 'one step changes the prediction');
   fits[0].support.x.forEach((x, i) => assert.ok(Math.abs(fits[0].support.y[i] - sinusoid(fits[0].task, x)) < 1e-5));
+
+  // the per-task errors are the same tasks evaluate() averages
+  const perTask = await perTaskErrors(runs[0], { shots: 5, tasks: 50, seed: 0, steps: 10 });
+  for (const k of [0, 1, 10]) {
+    const m = perTask.reduce((a, e) => a + e[k], 0) / perTask.length;
+    assert.ok(Math.abs(m - maml.rows[k].mean) < 1e-9 * Math.max(1, Math.abs(m)), `step ${k}: ${m} vs ${maml.rows[k].mean}`);
+  }
+  const robust = robustSummary([[1, 5], [2, NaN], [3, 500], [4, 7]]);
+  assert.deepEqual(robust.map((r) => [r.median, r.diverged, r.meanOfRest]), [[2.5, 0, 2.5], [253.5, 2, 6]]);
 
   const out = path.join(workDir, 'report');
   const report = await sinusoidReport({ runs: [mamlDir, baselineDir], shots: [5], tasks: 40, plotTasks: 2, out });

@@ -2,6 +2,12 @@
 // mean squared error after 0..S gradient steps with its 95% interval, side by side.
 import type { EvaluationResult } from '../eval/evaluate.js';
 
+/** mean ± ci95, readable also when a few diverged tasks blow the mean up. */
+export function cell(mean: number, ci95: number): string {
+  const f = (v: number) => (Number.isNaN(v) ? 'NaN' : !Number.isFinite(v) ? 'inf' : Math.abs(v) >= 1e4 ? v.toExponential(1) : v.toFixed(3));
+  return `${f(mean)} ± ${f(ci95)}`;
+}
+
 export function labelOf(r: EvaluationResult): string {
   const c = r.configuration as Record<string, unknown>;
   return c.baseline === 'pretrained' ? 'pretrained' : `MAML (order ${c.order})`;
@@ -23,7 +29,7 @@ export function formatComparison(results: EvaluationResult[]): string {
   for (let k = 0; k < steps; k++) {
     const cells = results.map((r) => {
       const row = r.rows[k];
-      return (row ? `${row.mean.toFixed(3)} ± ${row.ci95.toFixed(3)}` : '').padStart(width);
+      return (row ? cell(row.mean, row.ci95) : '').padStart(width);
     });
     lines.push(`${String(k).padStart(5)} ${cells.join('')}`);
   }
@@ -36,6 +42,6 @@ export function comparisonMarkdown(results: EvaluationResult[]): string {
   const rule = `|---:|${results.map(() => '---:').join('|')}|`;
   const steps = Math.max(...results.map((r) => r.rows.length));
   const rows: string[] = [];
-  for (let k = 0; k < steps; k++) rows.push(`| ${k} | ${results.map((r) => (r.rows[k] ? `${r.rows[k].mean.toFixed(3)} ± ${r.rows[k].ci95.toFixed(3)}` : '')).join(' | ')} |`);
+  for (let k = 0; k < steps; k++) rows.push(`| ${k} | ${results.map((r) => (r.rows[k] ? cell(r.rows[k].mean, r.rows[k].ci95) : '')).join(' | ')} |`);
   return [head, rule, ...rows].join('\n');
 }

@@ -148,7 +148,7 @@ export async function renderErrorCurves(results: EvaluationResult[], file: strin
       const upper = r.rows.map((row) => `${px(row.step).toFixed(1)},${py(clamp(row.mean + row.ci95)).toFixed(1)}`);
       const lower = r.rows.slice().reverse().map((row) => `${px(row.step).toFixed(1)},${py(clamp(Math.max(0, row.mean - row.ci95))).toFixed(1)}`);
       return `<polygon points="${[...upper, ...lower].join(' ')}" fill="${RUN_COLORS[i % RUN_COLORS.length]}" fill-opacity="0.18" stroke="none"/>`;
-    }).join('') + (clipped ? `<text x="${px(10)}" y="${py(top) + 16}" text-anchor="end" fill="#555">values above the axis (diverged tasks dominate the mean) drawn at the top edge</text>` : ''),
+    }).join('') + (clipped ? `<text x="${px(10) - 6}" y="${py(0) - 8}" text-anchor="end" fill="#555">values above the axis (diverged tasks dominate the mean) drawn at the top edge</text>` : ''),
   });
   await writeSvgAsPng(svg, file);
   return file;

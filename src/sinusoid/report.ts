@@ -86,7 +86,7 @@ export async function sinusoidReport(o: SinusoidReportOptions): Promise<Sinusoid
       results.push(await evaluate({ checkpoint: run, shots, tasks: o.tasks ?? 600, steps: o.steps ?? 10, seed: o.seed ?? 0 }));
     }
     tables[shots] = results;
-    const perTask = [];
+    const perTask: RobustRow[][] = [];
     for (const run of runs) perTask.push(robustSummary(await perTaskErrors(run, { shots, tasks: o.tasks ?? 600, seed: o.seed ?? 0, steps: o.steps ?? 10 })));
     robust[shots] = perTask;
     const text = `${formatComparison(results)}\n${formatRobust(runs.map((r) => r.label), perTask)}`;
@@ -103,7 +103,9 @@ export async function sinusoidReport(o: SinusoidReportOptions): Promise<Sinusoid
   }
   const all = o.shots.flatMap((k) => tables[k]);
   const md = path.join(o.out, 'table.md');
-  writeFileAtomic(md, `# Sinusoid regression: test MSE ± 95% CI after 0..${o.steps ?? 10} gradient steps (${o.tasks ?? 600} tasks)\n\n${comparisonMarkdown(all)}\n`);
+  writeFileAtomic(md, `# Sinusoid regression: test MSE ± 95% CI after 0..${o.steps ?? 10} gradient steps (${o.tasks ?? 600} tasks)\n\n${comparisonMarkdown(all)}\n\n`
+    + `Tasks diverged (MSE > ${DIVERGED_MSE} or NaN) at the last step: ${o.shots.map((k) => runs.map((r, i) => `${r.label} K=${k}: ${robust[k][i][robust[k][i].length - 1].diverged}`).join(', ')).join('; ')}. `
+    + `Per-task medians and the mean over the other tasks: table-K*.txt and eval-K*.json (perTask).\n`);
   files.push(md);
   return { tables, robust, files, text: texts.join('\n\n') };
 }

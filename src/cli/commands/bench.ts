@@ -14,7 +14,7 @@ const benchOrderCommand: CommandModule = {
       .option('quick', { type: 'boolean', default: false, describe: 'smoke check in under two minutes: 3 repeats after 1 warm-up, two settings, sweep at 1/2/5 steps on one setting' })
       .option('tiny', { type: 'boolean', default: false, describe: 'an omniglot-like network on 8x8 images with 4 filters everywhere (tests; runs in seconds)' })
       .option('out', { type: 'string', describe: 'run folder for the JSON, Markdown and PNG (default runs/bench-<timestamp>)' })
-      .option('repeats', { type: 'number', describe: 'timed iterations per measurement (default 10; quick and the sweep 3)' })
+      .option('repeats', { type: 'number', describe: 'timed iterations per measurement (default 10, fewer but not under 5 where the first iteration says 10 would pass 90 s; quick 3; the sweep 3, quick 2)' })
       .option('warmup', { type: 'number', describe: 'untimed iterations first (default 2; quick 1)' })
       .option('sweep-steps', { type: 'array', number: true, describe: 'inner steps of the sweep (default 1 2 5 10 20, plus 40 where it fits; quick 1 2 5)' })
       .option('sweep', { type: 'boolean', default: true, describe: 'run the inner-step sweep (--no-sweep to skip it)' })
