@@ -15,6 +15,7 @@
 #include "meta_learner.h"
 
 #ifdef MAML_HAVE_CUDA
+#include "cuda/cuda_network.h"
 #include "cuda/device.h"
 #endif
 
@@ -209,12 +210,40 @@ void gather_set(OwnedSet<T>& s, const CacheHolder* cache, int tasks, const Archi
 
 class Engine;
 
+// The learner a call runs on: the CPU engine, or the CUDA one where the build has it.
+template <class T>
+struct LearnerRef {
+  maml::MetaLearner<T>* cpu = nullptr;
+#ifdef MAML_HAVE_CUDA
+  maml::cuda::CudaMetaLearner<T>* gpu = nullptr;
+#endif
+  const Architecture& architecture() const {
+#ifdef MAML_HAVE_CUDA
+    if (gpu) return gpu->architecture();
+#endif
+    return cpu->architecture();
+  }
+};
+
+#ifdef MAML_HAVE_CUDA
+template <class T>
+maml::cuda::IndexedExampleSet<T> indexed_view(const OwnedSet<T>& s) {
+  maml::cuda::IndexedExampleSet<T> v;
+  v.size = s.size;
+  v.indices = s.indices.data();
+  v.rotations = s.rotations.empty() ? nullptr : s.rotations.data();
+  v.labels = s.labels.data();
+  v.loss_weight = s.loss_weight;
+  return v;
+}
+#endif
+
 // Runs one meta-gradient or adaptation on a worker thread.
 template <class T>
 class BatchWorker : public Napi::AsyncWorker {
  public:
   enum class Job { MetaGradient, Adapt };
-  BatchWorker(Napi::Env env, Engine* engine, maml::MetaLearner<T>* learner, std::vector<T> params, int tasks,
+  BatchWorker(Napi::Env env, Engine* engine, LearnerRef<T> learner, std::vector<T> params, int tasks,
               OwnedSet<T> support, OwnedSet<T> query, maml::InnerLoop loop, Job job, bool keep_adapted, bool keep_logits,
               std::atomic<bool>* busy, const CacheHolder* cache, Napi::Object keep_alive)
       : Napi::AsyncWorker(env),
@@ -237,16 +266,35 @@ class BatchWorker : public Napi::AsyncWorker {
 
   void Execute() override {
     try {
-      gather_set(support_, cache_, tasks_, learner_->architecture());
-      gather_set(query_, cache_, tasks_, learner_->architecture());
+#ifdef MAML_HAVE_CUDA
+      // On the GPU, indices gather from the device-resident cache: only indices and labels cross.
+      if (learner_.gpu && !support_.indices.empty() && !query_.indices.empty() && !support_.labels.empty()) {
+        maml::cuda::IndexedTaskBatch<T> indexed;
+        indexed.tasks = tasks_;
+        indexed.support = indexed_view(support_);
+        indexed.query = indexed_view(query_);
+        if (job_ == Job::MetaGradient) meta_ = learner_.gpu->meta_gradient(params_.data(), indexed, loop_);
+        else adaptation_ = learner_.gpu->adapt_and_evaluate(params_.data(), indexed, loop_, keep_adapted_, keep_logits_);
+        return;
+      }
+#endif
+      gather_set(support_, cache_, tasks_, learner_.architecture());
+      gather_set(query_, cache_, tasks_, learner_.architecture());
       maml::TaskBatch<T> batch;
       batch.tasks = tasks_;
       batch.support = support_.view();
       batch.query = query_.view();
+#ifdef MAML_HAVE_CUDA
+      if (learner_.gpu) {
+        if (job_ == Job::MetaGradient) meta_ = learner_.gpu->meta_gradient(params_.data(), batch, loop_);
+        else adaptation_ = learner_.gpu->adapt_and_evaluate(params_.data(), batch, loop_, keep_adapted_, keep_logits_);
+        return;
+      }
+#endif
       if (job_ == Job::MetaGradient) {
-        meta_ = learner_->meta_gradient(params_.data(), batch, loop_);
+        meta_ = learner_.cpu->meta_gradient(params_.data(), batch, loop_);
       } else {
-        adaptation_ = learner_->adapt_and_evaluate(params_.data(), batch, loop_, keep_adapted_, keep_logits_);
+        adaptation_ = learner_.cpu->adapt_and_evaluate(params_.data(), batch, loop_, keep_adapted_, keep_logits_);
       }
     } catch (const std::exception& e) {
       SetError(e.what());
@@ -284,7 +332,7 @@ class BatchWorker : public Napi::AsyncWorker {
 
  private:
   Napi::Promise::Deferred deferred_;
-  maml::MetaLearner<T>* learner_;
+  LearnerRef<T> learner_;
   std::vector<T> params_;
   int tasks_;
   OwnedSet<T> support_, query_;
@@ -322,7 +370,8 @@ class Engine : public Napi::ObjectWrap<Engine> {
                         InstanceMethod("adaptAndEvaluate", &Engine::AdaptCall),
                         InstanceMethod("forward", &Engine::Forward),
                         InstanceAccessor("parameterCount", &Engine::ParameterCount, nullptr),
-                        InstanceAccessor("dtype", &Engine::Dtype, nullptr)});
+                        InstanceAccessor("dtype", &Engine::Dtype, nullptr),
+                        InstanceAccessor("device", &Engine::Device, nullptr)});
   }
 
   explicit Engine(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Engine>(info) {
@@ -354,9 +403,24 @@ class Engine : public Napi::ObjectWrap<Engine> {
       const double epsilon = number_field(o, "batchNormEpsilon", 1e-3);
       if (!(epsilon > 0)) throw Failure(expected_got("option 'batchNormEpsilon'", "a positive number", std::to_string(epsilon)));
       const double budget = number_field(o, "workspaceBytes", 768e6);
+      const std::string device = o.Get("device").IsString() ? o.Get("device").As<Napi::String>().Utf8Value() : "cpu";
+      if (device != "cpu" && device != "cuda" && device != "auto")
+        throw Failure(expected_got("option 'device'", "'cpu', 'cuda' or 'auto'", device));
       arch_ = maml::make_architecture(a);
+      // The CPU learner always exists: forward() and the layer table use it.
       if (double_) learner64_ = std::make_unique<maml::MetaLearner<double>>(arch_, epsilon, budget);
       else learner32_ = std::make_unique<maml::MetaLearner<float>>(arch_, float(epsilon), budget);
+#ifdef MAML_HAVE_CUDA
+      device_ = maml::cuda::resolve_device(device);
+      if (device_ == "cuda") {
+        if (double_) cuda64_ = std::make_unique<maml::cuda::CudaMetaLearner<double>>(arch_, epsilon);
+        else cuda32_ = std::make_unique<maml::cuda::CudaMetaLearner<float>>(arch_, float(epsilon));
+      }
+#else
+      if (device == "cuda")
+        throw Failure("--device cuda was asked for, but this build has no CUDA backend (nvcc was not found when the addon was compiled); use --device cpu");
+      device_ = "cpu";
+#endif
     } catch (const std::exception& e) {
       Napi::Error::New(env, e.what()).ThrowAsJavaScriptException();
     }
@@ -365,6 +429,24 @@ class Engine : public Napi::ObjectWrap<Engine> {
  private:
   Napi::Value ParameterCount(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), double(arch_.parameter_count)); }
   Napi::Value Dtype(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), double_ ? "float64" : "float32"); }
+  Napi::Value Device(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), device_); }
+
+  template <class T>
+  LearnerRef<T> learner_ref() {
+    LearnerRef<T> r;
+    if constexpr (std::is_same_v<T, double>) {
+      r.cpu = learner64_.get();
+#ifdef MAML_HAVE_CUDA
+      r.gpu = cuda64_.get();
+#endif
+    } else {
+      r.cpu = learner32_.get();
+#ifdef MAML_HAVE_CUDA
+      r.gpu = cuda32_.get();
+#endif
+    }
+    return r;
+  }
   Napi::Value ForwardMultiplyAdds(const Napi::CallbackInfo& info) {
     return Napi::Number::New(info.Env(), arch_.forward_multiply_adds());
   }
@@ -440,6 +522,10 @@ class Engine : public Napi::ObjectWrap<Engine> {
       holder->cache.pixels = pixels.Data();
       holder->pixels = Napi::Persistent(pixels);
       if (busy_) throw Failure("setImageCache: a call is still running on this engine; await it first");
+#ifdef MAML_HAVE_CUDA
+      if (cuda32_) cuda32_->set_image_cache(holder->cache);
+      if (cuda64_) cuda64_->set_image_cache(holder->cache);
+#endif
       cache_ = std::move(holder);
     } catch (const std::exception& e) {
       Napi::Error::New(env, e.what()).ThrowAsJavaScriptException();
@@ -448,7 +534,7 @@ class Engine : public Napi::ObjectWrap<Engine> {
   }
 
   template <class T>
-  Napi::Value StartBatch(const Napi::CallbackInfo& info, maml::MetaLearner<T>* learner, bool adapt) {
+  Napi::Value StartBatch(const Napi::CallbackInfo& info, LearnerRef<T> learner, bool adapt) {
     Napi::Env env = info.Env();
     if (info.Length() < 3 || !info[1].IsObject())
       throw Failure(std::string(adapt ? "adaptAndEvaluate" : "metaGradient") + "(parameters, batch, loop): batch must be an object {tasks, support, query}");
@@ -480,8 +566,8 @@ class Engine : public Napi::ObjectWrap<Engine> {
   Napi::Value Dispatch(const Napi::CallbackInfo& info, bool adapt) {
     Napi::Env env = info.Env();
     try {
-      if (double_) return StartBatch<double>(info, learner64_.get(), adapt);
-      return StartBatch<float>(info, learner32_.get(), adapt);
+      if (double_) return StartBatch<double>(info, learner_ref<double>(), adapt);
+      return StartBatch<float>(info, learner_ref<float>(), adapt);
     } catch (const std::exception& e) {
       auto deferred = Napi::Promise::Deferred::New(env);
       deferred.Reject(Napi::Error::New(env, e.what()).Value());
@@ -539,6 +625,11 @@ class Engine : public Napi::ObjectWrap<Engine> {
   bool double_ = false;
   std::unique_ptr<maml::MetaLearner<float>> learner32_;
   std::unique_ptr<maml::MetaLearner<double>> learner64_;
+#ifdef MAML_HAVE_CUDA
+  std::unique_ptr<maml::cuda::CudaMetaLearner<float>> cuda32_;
+  std::unique_ptr<maml::cuda::CudaMetaLearner<double>> cuda64_;
+#endif
+  std::string device_ = "cpu";
   std::unique_ptr<CacheHolder> cache_;
   std::atomic<bool> busy_{false};
 };
@@ -550,7 +641,7 @@ Napi::Value CudaDevices(const Napi::CallbackInfo& info) {
   Napi::Object out = Napi::Object::New(env);
 #ifdef MAML_HAVE_CUDA
   std::string error;
-  const int count = maml::cuda::device_count(&error);
+  const int count = maml::cuda::cuda_device_count(&error);
   out.Set("count", count);
   if (!error.empty()) out.Set("error", error);
 #else

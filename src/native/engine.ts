@@ -23,6 +23,7 @@ export interface EngineOptions {
   channels?: number;              // default: the paper's (1, 3)
   hidden?: number[];              // mlp / sinusoid hidden widths (default: the paper's)
   workspaceBytes?: number;        // budget that sets how many tasks run at once (default 768e6)
+  device?: 'cpu' | 'cuda' | 'auto'; // auto: CUDA when a device answers (builds with the CUDA backend), else CPU
 }
 
 export interface ParameterEntry {
@@ -115,6 +116,8 @@ export interface ForwardResult {
 export interface NativeEngine {
   readonly parameterCount: number;
   readonly dtype: ScalarType;
+  /** the device the engine runs on after resolving 'auto' */
+  readonly device: 'cpu' | 'cuda';
   parameters(): ParameterEntry[];
   layers(): LayerEntry[];
   /** Multiply-adds of one example's forward pass (conv and linear layers). */

@@ -20,6 +20,7 @@ export interface TrainConfig extends Preset {
   filters?: number;
   glorotHead: boolean;
   workspaceBytes?: number;
+  device?: 'cpu' | 'cuda' | 'auto';
 }
 
 /** The data folder: --data, else $MAML_DATA, else ./data under the working directory. */
@@ -81,7 +82,7 @@ function kebab(s: string): string {
 export function engineOptionsOf(c: TrainConfig): EngineOptions {
   return {
     arch: c.arch, ways: c.ways, padding: c.padding, batchNormEpsilon: c.batchNormEpsilon, filters: c.filters,
-    glorotHead: c.glorotHead, dtype: 'float32', workspaceBytes: c.workspaceBytes,
+    glorotHead: c.glorotHead, dtype: 'float32', workspaceBytes: c.workspaceBytes, device: c.device ?? 'auto',
   };
 }
 

@@ -16,7 +16,7 @@ import type { SinusoidState } from '../data/sinusoid.js';
 export const CHECKPOINT_FILE = 'checkpoint.safetensors';
 
 export interface TrainEvents {
-  onStart?(info: { config: TrainConfig; startIteration: number; summary: string; split?: string }): void;
+  onStart?(info: { config: TrainConfig; startIteration: number; summary: string; split?: string; device: string }): void;
   onIteration?(m: IterationMetrics, config: TrainConfig): void;
   onValidation?(m: ValidationMetrics): void;
   onCheckpoint?(file: string, iteration: number): void;
@@ -125,7 +125,7 @@ export async function train(config: TrainConfig, options: TrainOptions = {}): Pr
   writeFileAtomic(path.join(runDir, 'config.json'), `${JSON.stringify(config, null, 2)}\n`);
   if (context.dataset) writeFileAtomic(path.join(runDir, 'split.json'), `${JSON.stringify(context.dataset.split, null, 2)}\n`);
   options.events?.onStart?.({
-    config, startIteration, summary: formatConfig(config),
+    config, startIteration, summary: formatConfig(config), device: engine.device,
     split: context.dataset ? `${context.dataset.split.protocol} split: ${context.dataset.split.train.length} train / ${context.dataset.split.val.length} val / ${context.dataset.split.test.length} test classes, sha256 ${context.dataset.split.hash.slice(0, 16)}` : undefined,
   });
 

@@ -36,6 +36,7 @@ export const trainCommand: CommandModule = {
       .option('split', { type: 'string', choices: ['paper', 'background'], describe: 'omniglot: paper = 1100/100/423 characters from a seeded shuffle; background = train on images_background, test on images_evaluation (for Lake\'s runs)' })
       .option('padding', { type: 'string', choices: ['tf', 'symmetric'], describe: 'conv padding: tf = TensorFlow SAME as the original, symmetric = PyTorch padding=1' })
       .option('baseline', { type: 'string', choices: ['pretrained'], describe: 'sinusoid: train the paper\'s pretrained baseline instead of MAML (same network, task stream, Adam and iterations; minimises each task\'s query MSE at the shared weights, no inner loop), then pick its test-time fine-tuning step size from {0.001, 0.003, 0.01, 0.02, 0.05, 0.1} by the lowest MSE after 10 steps on 600 validation tasks; stored in the checkpoint for eval' })
+      .option('device', { type: 'string', choices: ['auto', 'cpu', 'cuda'], default: 'auto', describe: 'where the meta-batch runs: auto picks CUDA when a device answers (and says which it picked), cuda fails clearly without one' })
       .option('resume', { type: 'boolean', default: false, describe: 'continue the run in --out from its checkpoint (same configuration; --iterations may be raised)' }),
   handler: async (a) => {
     const args = a as Record<string, any>;
@@ -47,6 +48,7 @@ export const trainCommand: CommandModule = {
       config = readCheckpointConfig<TrainConfig>(file).config;
       if (args.iterations) config = { ...config, iterations: args.iterations };
       if (args.data) config = { ...config, data: path.resolve(args.data) };
+      config = { ...config, device: args.device };
     } else {
       if (!args.dataset) throw new Error('--dataset is required (omniglot, miniimagenet or sinusoid)');
       config = resolveTrainConfig({
@@ -55,7 +57,7 @@ export const trainCommand: CommandModule = {
         lossReduction: args.lossReduction, gradientClip: args.gradientClip, iterations: args.iterations,
         order: args.firstOrder ? 1 : 2, seed: args.seed, data: args.data && path.resolve(args.data), out: args.out && path.resolve(args.out),
         checkpointEvery: args.checkpointEvery, validateEvery: args.validateEvery, validationTasks: args.validationTasks,
-        split: args.split, padding: args.padding,
+        split: args.split, padding: args.padding, device: args.device,
       });
       if (args.baseline === 'pretrained') {
         config = pretrainedBaselineConfig(config);
@@ -76,8 +78,8 @@ export const trainCommand: CommandModule = {
       resume: args.resume,
       shouldStop: () => stopRequested,
       events: {
-        onStart: ({ summary, startIteration, split }) => {
-          process.stdout.write(`${startIteration ? `resuming at iteration ${startIteration}\n` : ''}configuration:\n${summary}\n${split ? `${split}\n` : ''}`);
+        onStart: ({ summary, startIteration, split, device }) => {
+          process.stdout.write(`${startIteration ? `resuming at iteration ${startIteration}\n` : ''}configuration:\n${summary}\n${split ? `${split}\n` : ''}device: ${device}${args.device === 'auto' ? ' (picked by --device auto)' : ''}\n`);
           progress = createProgress({ total: config.iterations, label: 'train' });
           progress.update(startIteration);
         },
