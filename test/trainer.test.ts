@@ -106,3 +106,15 @@ test('a checkpoint killed mid-write leaves the previous one whole', async () => 
   // what a killed writer leaves is only a temporary under another name, never the checkpoint
   assert.ok(readdirSync(dir).filter((f) => f !== CHECKPOINT_FILE).every((f) => f.startsWith(`${CHECKPOINT_FILE}.tmp-`)));
 });
+
+test('a non-finite loss stops the run with a clear message and keeps the last good checkpoint', async () => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'nan-'));
+  await writeSyntheticOmniglot(path.join(dir, 'data', 'omniglot'), 60, 10);
+  const data = path.join(dir, 'data'), out = path.join(dir, 'run');
+  await train(tinyConfig(data, out, 5));
+  const good = readFileSync(path.join(out, CHECKPOINT_FILE));
+  // an absurd inner step size drives the adapted weights, and then the loss, to infinity
+  const config = { ...tinyConfig(data, out, 10), innerLr: 1e300 };
+  await assert.rejects(train(config, { resume: true }), /iteration 6: the (query loss|meta-gradient) is not finite.*last good checkpoint is .*checkpoint\.safetensors/s);
+  assert.deepEqual(readFileSync(path.join(out, CHECKPOINT_FILE)), good);
+});
