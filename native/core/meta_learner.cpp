@@ -79,8 +79,10 @@ std::vector<T> MetaLearner<T>::step_size_vector(const InnerLoop& loop, int step)
 
 template <class T>
 int MetaLearner<T>::task_group_size(const TaskBatch<T>& batch, bool tangent) const {
+  // primal buffers hold the larger set; tangent buffers only the support set
   const int widest = std::max(batch.support.size, batch.query.size);
-  const double per_task = widest * Network<T>::bytes_per_example(arch_, tangent);
+  const double primal = Network<T>::bytes_per_example(arch_, false);
+  const double per_task = widest * primal + (tangent ? batch.support.size * primal : 0.0);
   const int group = int(std::floor(workspace_budget_ / std::max(per_task, 1.0)));
   return std::clamp(group, 1, batch.tasks);
 }
@@ -106,13 +108,18 @@ MetaGradient<T> MetaLearner<T>::meta_gradient(const T* meta_parameters, const Ta
   const int group = task_group_size(batch, loop.second_order);
   out.task_group = group;
 
-  std::vector<std::vector<T>> theta(K + 1);
-  std::vector<T> grad, direction, hessian_vector, v;
+  // buffers kept across calls: fresh allocations every meta-batch cost page faults
+  std::vector<std::vector<T>>& theta = theta_;
+  if (int(theta.size()) < K + 1) theta.resize(K + 1);
+  std::vector<T>& grad = grad_;
+  std::vector<T>& direction = direction_;
+  std::vector<T>& hessian_vector = hessian_vector_;
+  std::vector<T>& v = v_;
   for (int first = 0; first < tasks; first += group) {
     const int count = std::min(group, tasks - first);
     const PassData<T> support = group_of(batch.support, arch_, first, count);
     const PassData<T> query = group_of(batch.query, arch_, first, count);
-    for (auto& t : theta) t.resize(size_t(count) * P);
+    for (int k = 0; k <= K; ++k) theta[k].resize(size_t(count) * P);
     grad.resize(size_t(count) * P);
     for (int t = 0; t < count; ++t) std::copy(meta_parameters, meta_parameters + P, theta[0].begin() + t * P);
     auto grads = task_pointers(grad, count, P);

@@ -83,6 +83,8 @@ class MetaLearner {
   Architecture arch_;
   Network<T> network_;
   double workspace_budget_;
+  std::vector<std::vector<T>> theta_;  // theta_0..theta_K of the current task group
+  std::vector<T> grad_, direction_, hessian_vector_, v_;
 };
 
 // Seeded initialisation as the original: Glorot-uniform weights, zero biases, the

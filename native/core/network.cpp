@@ -92,23 +92,27 @@ std::vector<typename Network<T>::Moments> Network<T>::batch_norm_moments(int tas
 
 template <class T>
 void Network<T>::allocate(int examples, bool tangent) {
-  if (examples <= allocated_examples_ && (!tangent || allocated_tangent_)) return;
-  examples = std::max(examples, allocated_examples_);
-  tangent = tangent || allocated_tangent_;
+  // Tangent buffers are sized by the tangent passes alone (the support set), so a large
+  // query batch does not double the workspace of second order.
+  const bool grow_primal = examples > allocated_examples_;
+  const bool grow_tangent = tangent && examples > allocated_tangent_examples_;
+  if (!grow_primal && !grow_tangent) return;
+  allocated_examples_ = std::max(examples, allocated_examples_);
+  if (tangent) allocated_tangent_examples_ = std::max(examples, allocated_tangent_examples_);
   int64_t widest = 0;
   for (size_t b = 0; b < buffers_.size(); ++b) {
-    buffers_[b].resize(size_t(buffer_width_[b]) * examples);
-    if (tangent) buffer_tangents_[b].resize(size_t(buffer_width_[b]) * examples);
+    if (grow_primal) buffers_[b].resize(size_t(buffer_width_[b]) * allocated_examples_);
+    if (grow_tangent) buffer_tangents_[b].resize(size_t(buffer_width_[b]) * allocated_tangent_examples_);
     widest = std::max(widest, buffer_width_[b]);
   }
-  for (size_t i = 0; i < arch_.layers.size(); ++i)
-    if (arch_.layers[i].kind == LayerKind::MaxPool2) argmax_[i].resize(size_t(arch_.layers[i].out.size()) * examples);
+  if (grow_primal)
+    for (size_t i = 0; i < arch_.layers.size(); ++i)
+      if (arch_.layers[i].kind == LayerKind::MaxPool2)
+        argmax_[i].resize(size_t(arch_.layers[i].out.size()) * allocated_examples_);
   for (int i = 0; i < 2; ++i) {
-    grad_[i].resize(size_t(widest) * examples);
-    if (tangent) grad_tangent_[i].resize(size_t(widest) * examples);
+    if (grow_primal) grad_[i].resize(size_t(widest) * allocated_examples_);
+    if (grow_tangent) grad_tangent_[i].resize(size_t(widest) * allocated_tangent_examples_);
   }
-  allocated_examples_ = examples;
-  allocated_tangent_ = tangent;
 }
 
 template <class T>

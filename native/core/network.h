@@ -64,8 +64,7 @@ class Network {
   std::vector<std::vector<int32_t>> argmax_;
   std::vector<BatchNormStatistics<T>> statistics_;
   std::vector<T> grad_[2], grad_tangent_[2];
-  int allocated_examples_ = 0;
-  bool allocated_tangent_ = false;
+  int allocated_examples_ = 0, allocated_tangent_examples_ = 0;
 };
 
 extern template class Network<float>;
