@@ -166,6 +166,8 @@ export async function train(config: TrainConfig, options: TrainOptions = {}): Pr
       lastValidation = await validate(context, parameters, config, iteration);
       metrics.validation(lastValidation);
       options.events?.onValidation?.(lastValidation);
+      // keep the picture current during long runs, not only at the end
+      await renderLearningCurve(runDir, metrics.allIterations(), metrics.allValidations(), `${config.preset}, order ${config.order}`);
     }
     if (iteration % config.checkpointEvery === 0 || iteration === config.iterations || stopping) save(iteration);
     if (stopping) {
