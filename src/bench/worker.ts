@@ -55,7 +55,9 @@ function rng(seed: number): () => number {
 export async function measureInThisProcess(job: WorkerJob, onIteration?: () => void): Promise<WorkerReply> {
   const baselineRssMiB = maxRssMiB();
   const s = job.setting;
-  const engine = createEngine({ arch: s.arch, ways: s.ways, imageSize: s.imageSize, filters: s.filters });
+  // the device comes from the parent (bench order --device) through the environment
+  const device = (process.env.MAML_BENCH_DEVICE ?? 'cpu') as 'cpu' | 'cuda';
+  const engine = createEngine({ arch: s.arch, ways: s.ways, imageSize: s.imageSize, filters: s.filters, device });
   const input = engine.layers()[0].in;
   const [c, h, w] = input;
   const support = s.ways * s.shots, query = s.ways * s.queries;

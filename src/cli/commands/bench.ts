@@ -9,7 +9,7 @@ const benchOrderCommand: CommandModule = {
   describe: 'seconds per meta-iteration, images/s, GFLOP/s (and % of the GEMM ceiling), peak memory and workspace of the paper\'s six settings, first vs second order, plus an inner-step sweep; Markdown on stdout, JSON and a PNG in the run folder',
   builder: (y) =>
     y
-      .option('device', { type: 'string', choices: ['cpu', 'cuda'], default: 'cpu', describe: 'where to run (cuda: not wired into the addon yet)' })
+      .option('device', { type: 'string', choices: ['cpu', 'cuda'], default: 'cpu', describe: 'where to run: cpu, or cuda (the CUDA backend; needs a build with nvcc and a device)' })
       .option('settings', { type: 'array', string: true, describe: `all, or names: ${BENCH_SETTINGS.map((s) => s.name).join(', ')} (default all; with --quick omniglot-5w1s and miniimagenet-5w1s)` })
       .option('quick', { type: 'boolean', default: false, describe: 'smoke check in under two minutes: 3 repeats after 1 warm-up, two settings, sweep at 1/2/5 steps on one setting' })
       .option('tiny', { type: 'boolean', default: false, describe: 'an omniglot-like network on 8x8 images with 4 filters everywhere (tests; runs in seconds)' })
