@@ -4,18 +4,9 @@
 import { createHash } from 'node:crypto';
 import type { CacheIndex } from './imageCache.js';
 
-export interface SplitManifest {
-  dataset: string;
-  protocol: string;
-  seed: number;
-  /** Indices into index.classes. */
-  train: number[];
-  val: number[];
-  test: number[];
-  /** sha256 of the three class-name lists. */
-  hash: string;
-  counts: Record<string, number>;
-}
+// The same manifest shape as Omniglot's splits, so the trainer treats every data set alike.
+export type { SplitManifest } from './omniglotSplits.js';
+import type { SplitManifest } from './omniglotSplits.js';
 
 export const MINI_IMAGENET_PROTOCOL = 'ravi-larochelle-2017';
 
