@@ -10,7 +10,10 @@
 // pass's activations, so it is flat in K. Tasks are processed in groups whose size is
 // chosen from a workspace budget; within a group every kernel runs all tasks at once.
 #pragma once
+#include <algorithm>
 #include <cstdint>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "architecture.h"
@@ -41,6 +44,26 @@ struct InnerLoop {
   bool second_order = true;
   bool measure_before = true;  // query loss/accuracy at theta_0 (costs one forward pass)
 };
+
+// Per-element step sizes of inner step `step` (0 where a tensor is not adapted), from one
+// value or steps x tensors values. Shared by the CPU and CUDA learners.
+template <class T>
+std::vector<T> step_sizes_of_step(const Architecture& a, const InnerLoop& loop, int step) {
+  const size_t tensors = a.parameters.size();
+  const bool per_tensor = loop.step_sizes.size() == size_t(loop.steps) * tensors && loop.step_sizes.size() > 1;
+  if (!per_tensor && loop.step_sizes.size() != 1)
+    throw std::invalid_argument("step sizes: expected 1 value or steps x tensors = " + std::to_string(loop.steps) +
+                                " x " + std::to_string(tensors) + " values, got " +
+                                std::to_string(loop.step_sizes.size()));
+  std::vector<T> alpha(a.parameter_count, T(0));
+  for (size_t i = 0; i < tensors; ++i) {
+    const ParameterInfo& p = a.parameters[i];
+    if (!p.adapted) continue;
+    const T value = T(per_tensor ? loop.step_sizes[step * tensors + i] : loop.step_sizes[0]);
+    std::fill(alpha.begin() + p.offset, alpha.begin() + p.offset + p.size, value);
+  }
+  return alpha;
+}
 
 template <class T>
 struct MetaGradient {

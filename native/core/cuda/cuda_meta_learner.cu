@@ -81,20 +81,7 @@ CudaMetaLearner<T>::CudaMetaLearner(Architecture architecture, T batch_norm_epsi
 
 template <class T>
 std::vector<T> CudaMetaLearner<T>::step_size_vector(const InnerLoop& loop, int step) const {
-  const size_t tensors = arch_.parameters.size();
-  const bool per_tensor = loop.step_sizes.size() == size_t(loop.steps) * tensors && loop.step_sizes.size() > 1;
-  if (!per_tensor && loop.step_sizes.size() != 1)
-    throw std::invalid_argument("step sizes: expected 1 value or steps x tensors = " + std::to_string(loop.steps) +
-                                " x " + std::to_string(tensors) + " values, got " +
-                                std::to_string(loop.step_sizes.size()));
-  std::vector<T> alpha(arch_.parameter_count, T(0));
-  for (size_t i = 0; i < tensors; ++i) {
-    const ParameterInfo& p = arch_.parameters[i];
-    if (!p.adapted) continue;
-    const T value = T(per_tensor ? loop.step_sizes[step * tensors + i] : loop.step_sizes[0]);
-    std::fill(alpha.begin() + p.offset, alpha.begin() + p.offset + p.size, value);
-  }
-  return alpha;
+  return step_sizes_of_step<T>(arch_, loop, step);
 }
 
 // Network<T>::bytes_per_example's estimate (network.cpp), so groups are sized alike.
