@@ -69,6 +69,8 @@ size_t Network<T>::workspace_bytes() const {
   for (auto& b : buffer_tangents_) bytes += b.capacity() * sizeof(T);
   for (auto& b : argmax_) bytes += b.capacity() * sizeof(int32_t);
   for (int i = 0; i < 2; ++i) bytes += (grad_[i].capacity() + grad_tangent_[i].capacity()) * sizeof(T);
+  for (auto& copy : columns_)
+    for (auto& c : copy) bytes += c.capacity() * sizeof(T);
   return bytes;
 }
 
@@ -116,10 +118,35 @@ void Network<T>::allocate(int examples, bool tangent) {
 }
 
 template <class T>
+void Network<T>::prepare_column_stores(int64_t examples, bool tangent) {
+  const size_t layers = arch_.layers.size();
+  for (auto& stores : column_stores_) stores.assign(layers, ColumnStore<T>{});
+  for (auto& columns : columns_) columns.resize(layers);
+  size_t held = 0;
+  for (int copy = 0; copy < 2; ++copy)
+    for (auto& c : columns_[copy]) held += c.capacity() * sizeof(T);
+  for (size_t i = 0; i < layers; ++i) {
+    const Layer& l = arch_.layers[i];
+    if (l.kind != LayerKind::Conv3x3) continue;
+    const size_t need = size_t(9) * l.in.channels * l.out.height * l.out.width * size_t(examples);
+    // the network input has no tangent
+    for (int copy = 0; copy < (tangent && i > 0 ? 2 : 1); ++copy) {
+      std::vector<T>& c = columns_[copy][i];
+      const size_t grown = std::max(c.capacity(), need) * sizeof(T);
+      if (held - c.capacity() * sizeof(T) + grown > column_budget_bytes_) continue;
+      held += grown - c.capacity() * sizeof(T);
+      if (c.size() < need) c.resize(need);
+      column_stores_[copy][i].data = c.data();
+    }
+  }
+}
+
+template <class T>
 void Network<T>::run(const PassData<T>& data, const T* const* params, const T* const* tangents,
                      const PassResult<T>& result) {
   if (data.tasks <= 0 || data.batch <= 0) throw std::invalid_argument("a pass needs at least one task and one example");
   allocate(data.tasks * data.batch, tangents != nullptr);
+  prepare_column_stores(int64_t(data.tasks) * data.batch, tangents != nullptr);
   forward(data, params, tangents);
 
   // loss per task, gradient of the logits into grad_[0]
@@ -165,10 +192,11 @@ void Network<T>::forward(const PassData<T>& data, const T* const* params, const 
     switch (l.kind) {
       case LayerKind::Conv3x3: {
         const ConvGeometry g = geometry(l);
-        conv_forward<T>(g, tasks, batch, x, w.data(), b.data(), y, false);
+        ColumnStore<T>* cx = &column_stores_[0][i];
+        conv_forward<T>(g, tasks, batch, x, w.data(), b.data(), y, false, cx);
         if (tangents) {
-          if (xt) conv_forward<T>(g, tasks, batch, xt, w.data(), bt.data(), yt, false);
-          conv_forward<T>(g, tasks, batch, x, wt.data(), xt ? nullptr : bt.data(), yt, xt != nullptr);
+          if (xt) conv_forward<T>(g, tasks, batch, xt, w.data(), bt.data(), yt, false, &column_stores_[1][i]);
+          conv_forward<T>(g, tasks, batch, x, wt.data(), xt ? nullptr : bt.data(), yt, xt != nullptr, cx);
         }
         break;
       }
@@ -233,16 +261,14 @@ void Network<T>::backward(const PassData<T>& data, const T* const* params, const
     switch (l.kind) {
       case LayerKind::Conv3x3: {
         const ConvGeometry g = geometry(l);
-        conv_weight_grad<T>(g, tasks, batch, x, yg, wg.data(), bg.data(), false);
+        const ColumnStore<T>* cx = &column_stores_[0][i];
+        conv_weight_grad<T>(g, tasks, batch, x, yg, wg.data(), bg.data(), false, cx);
         if (xg) conv_input_grad<T>(g, tasks, batch, yg, w.data(), xg, false);
         if (tangent) {
           // W_grad' = correlate(x', y_grad) + correlate(x, y_grad');  x_grad' = convT(y_grad', W) + convT(y_grad, W')
-          conv_weight_grad<T>(g, tasks, batch, x, ygt, wgt.data(), bgt.data(), false);
-          if (xt) conv_weight_grad<T>(g, tasks, batch, xt, yg, wgt.data(), nullptr, true);
-          if (xgt) {
-            conv_input_grad<T>(g, tasks, batch, ygt, w.data(), xgt, false);
-            conv_input_grad<T>(g, tasks, batch, yg, wt.data(), xgt, true);
-          }
+          conv_weight_grad<T>(g, tasks, batch, x, ygt, wgt.data(), bgt.data(), false, cx);
+          if (xt) conv_weight_grad<T>(g, tasks, batch, xt, yg, wgt.data(), nullptr, true, &column_stores_[1][i]);
+          if (xgt) conv_input_grad<T>(g, tasks, batch, ygt, w.data(), xgt, false, yg, wt.data());
         }
         break;
       }

@@ -11,6 +11,7 @@
 
 #include "architecture.h"
 #include "cpu/batch_norm.h"
+#include "cpu/conv.h"
 
 namespace maml {
 
@@ -52,6 +53,7 @@ class Network {
 
  private:
   void allocate(int examples, bool tangent);
+  void prepare_column_stores(int64_t examples, bool tangent);
   void forward(const PassData<T>& data, const T* const* params, const T* const* tangents);
   void backward(const PassData<T>& data, const T* const* params, const T* const* tangents, const PassResult<T>& result);
 
@@ -65,6 +67,12 @@ class Network {
   std::vector<BatchNormStatistics<T>> statistics_;
   std::vector<T> grad_[2], grad_tangent_[2];
   int allocated_examples_ = 0, allocated_tangent_examples_ = 0;
+  // Each conv layer's im2col(input) [0] and im2col(input tangent) [1], kept for one pass so
+  // the tangent forward and the weight gradients reuse them. Layers are kept in order while
+  // they fit the budget; the rest rebuild their columns (same numbers, more time).
+  static constexpr size_t column_budget_bytes_ = size_t(160) << 20;
+  std::vector<std::vector<T>> columns_[2];
+  std::vector<ColumnStore<T>> column_stores_[2];
 };
 
 extern template class Network<float>;

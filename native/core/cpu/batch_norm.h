@@ -14,6 +14,37 @@
 
 namespace maml {
 
+// Sums of per-position terms in 8 interleaved partial sums, one vector register wide:
+// a single running sum is a chain of dependent adds the compiler may not reorder. The
+// order is fixed, so results never depend on threads. term(i, sums) adds position i's
+// terms into sums[0..S) (S sums at once, so one pass serves several statistics).
+template <class T, int S, class Term>
+inline void lane_sums(int64_t count, T (&out)[S], Term term) {
+  constexpr int L = 8;
+  T lanes[S][L] = {};
+  int64_t i = 0;
+  for (; i + L <= count; i += L) {
+    T block[S][L];
+    for (int l = 0; l < L; ++l) {
+      T terms[S];
+      term(i + l, terms);
+      for (int k = 0; k < S; ++k) block[k][l] = terms[k];
+    }
+    for (int k = 0; k < S; ++k)
+      for (int l = 0; l < L; ++l) lanes[k][l] += block[k][l];
+  }
+  for (int k = 0; k < S; ++k) {
+    T tail = 0;
+    for (int64_t j = i; j < count; ++j) {
+      T terms[S];
+      term(j, terms);
+      tail += terms[k];
+    }
+    out[k] += ((lanes[k][0] + lanes[k][1]) + (lanes[k][2] + lanes[k][3])) +
+              ((lanes[k][4] + lanes[k][5]) + (lanes[k][6] + lanes[k][7])) + tail;
+  }
+}
+
 template <class T>
 struct BatchNormStatistics {
   // per (task, channel)
@@ -45,18 +76,18 @@ void batch_norm_forward(const BatchNormShape& s, T epsilon, const T* x, const T*
   const T inv_m = T(1) / T(s.positions());
   parallel_for(count, [&](int64_t unit) {
     const int task = int(unit / s.channels), c = int(unit % s.channels);
-    T sum = 0;
+    T sum[1] = {0};
     for (int n = 0; n < s.batch; ++n) {
       const T* p = x + s.at(task, n, c);
-      for (int64_t i = 0; i < s.plane; ++i) sum += p[i];
+      lane_sums<T, 1>(s.plane, sum, [&](int64_t i, T* t) { t[0] = p[i]; });
     }
-    const T mean = sum * inv_m;
-    T squares = 0;
+    const T mean = sum[0] * inv_m;
+    T squares[1] = {0};
     for (int n = 0; n < s.batch; ++n) {
       const T* p = x + s.at(task, n, c);
-      for (int64_t i = 0; i < s.plane; ++i) squares += (p[i] - mean) * (p[i] - mean);
+      lane_sums<T, 1>(s.plane, squares, [&](int64_t i, T* t) { t[0] = (p[i] - mean) * (p[i] - mean); });
     }
-    const T inv_std = T(1) / std::sqrt(squares * inv_m + epsilon);
+    const T inv_std = T(1) / std::sqrt(squares[0] * inv_m + epsilon);
     stats.mean[unit] = mean;
     stats.inv_std[unit] = inv_std;
     const T g = gamma && gamma[task] ? gamma[task][c] : T(1);
@@ -67,16 +98,16 @@ void batch_norm_forward(const BatchNormShape& s, T epsilon, const T* x, const T*
       for (int64_t i = 0; i < s.plane; ++i) q[i] = g * (p[i] - mean) * inv_std + b;
     }
     if (!x_tangent) return;
-    T tangent_sum = 0, tangent_xhat_sum = 0;
+    T tangent_sums[2] = {0, 0};  // sum(x'), sum(x_hat x')
     for (int n = 0; n < s.batch; ++n) {
       const T* p = x + s.at(task, n, c);
       const T* t = x_tangent + s.at(task, n, c);
-      for (int64_t i = 0; i < s.plane; ++i) {
-        tangent_sum += t[i];
-        tangent_xhat_sum += (p[i] - mean) * inv_std * t[i];
-      }
+      lane_sums<T, 2>(s.plane, tangent_sums, [&](int64_t i, T* out) {
+        out[0] = t[i];
+        out[1] = (p[i] - mean) * inv_std * t[i];
+      });
     }
-    const T tangent_mean = tangent_sum * inv_m, tangent_xhat_mean = tangent_xhat_sum * inv_m;
+    const T tangent_mean = tangent_sums[0] * inv_m, tangent_xhat_mean = tangent_sums[1] * inv_m;
     stats.tangent_mean[unit] = tangent_mean;
     stats.tangent_xhat_mean[unit] = tangent_xhat_mean;
     const T g_dot = gamma_tangent && gamma_tangent[task] ? gamma_tangent[task][c] : T(0);
@@ -115,24 +146,27 @@ void batch_norm_backward(const BatchNormShape& s, const T* x, const T* const* ga
     const T t_mean = tangent ? stats.tangent_mean[unit] : T(0);
     const T t_xhat_mean = tangent ? stats.tangent_xhat_mean[unit] : T(0);
     // pass 1: the sums every rule needs
-    T sum_grad = 0, sum_grad_xhat = 0;                          // sum(y_grad), sum(y_grad x_hat)
-    T sum_grad_t = 0, sum_grad_t_xhat = 0, sum_grad_xhat_t = 0;  // sum(y_grad'), sum(y_grad' x_hat), sum(y_grad x_hat')
+    T sums[2] = {0, 0};            // sum(y_grad), sum(y_grad x_hat)
+    T tangent_sums[3] = {0, 0, 0};  // sum(y_grad'), sum(y_grad' x_hat), sum(y_grad x_hat')
     for (int n = 0; n < s.batch; ++n) {
       const int64_t o = s.at(task, n, c);
-      for (int64_t i = 0; i < s.plane; ++i) {
-        const T x_hat = (x[o + i] - mean) * inv_std;
-        const T yg = y_grad[o + i];
-        sum_grad += yg;
-        sum_grad_xhat += yg * x_hat;
-        if (tangent) {
-          const T x_hat_t = inv_std * (x_tangent[o + i] - t_mean - x_hat * t_xhat_mean);
-          const T ygt = y_grad_tangent[o + i];
-          sum_grad_t += ygt;
-          sum_grad_t_xhat += ygt * x_hat;
-          sum_grad_xhat_t += yg * x_hat_t;
-        }
-      }
+      const T *xs = x + o, *yg = y_grad + o;
+      lane_sums<T, 2>(s.plane, sums, [&](int64_t i, T* out) {
+        out[0] = yg[i];
+        out[1] = yg[i] * (xs[i] - mean) * inv_std;
+      });
+      if (!tangent) continue;
+      const T *xt = x_tangent + o, *ygt = y_grad_tangent + o;
+      lane_sums<T, 3>(s.plane, tangent_sums, [&](int64_t i, T* out) {
+        const T x_hat = (xs[i] - mean) * inv_std;
+        const T x_hat_t = inv_std * (xt[i] - t_mean - x_hat * t_xhat_mean);
+        out[0] = ygt[i];
+        out[1] = ygt[i] * x_hat;
+        out[2] = yg[i] * x_hat_t;
+      });
     }
+    const T sum_grad = sums[0], sum_grad_xhat = sums[1];
+    const T sum_grad_t = tangent_sums[0], sum_grad_t_xhat = tangent_sums[1], sum_grad_xhat_t = tangent_sums[2];
     if (beta_grad && beta_grad[task]) beta_grad[task][c] = sum_grad;
     if (gamma_grad && gamma_grad[task]) gamma_grad[task][c] = sum_grad_xhat;
     if (tangent) {

@@ -30,6 +30,19 @@ struct ConvGeometry {
   int64_t out_size() const { return cout * out_plane(); }
 };
 
+// A layer input's im2col matrix kept from the forward pass, laid out per task as the
+// column chunks the kernels use ([depth, cols] each), so the tangent's W' x and the weight
+// gradients read it instead of rebuilding it. data null: nothing kept (it did not fit the
+// budget) and every user rebuilds its chunks, as before.
+template <class T>
+struct ColumnStore {
+  T* data = nullptr;
+  bool filled = false;
+  T* chunk(const ConvGeometry& g, int task, int64_t columns, int64_t first) const {
+    return data + (int64_t(task) * columns + first) * g.depth();
+  }
+};
+
 namespace conv_detail {
 
 // Columns per GEMM call: enough to amortise packing the weights, small enough that the
@@ -64,14 +77,15 @@ void im2col(const ConvGeometry& g, const T* x, int64_t first, int64_t count, T* 
     for (int ky = 0; ky < 3; ++ky)
       for (int kx = 0; kx < 3; ++kx) {
         T* row = col + int64_t((ci * 3 + ky) * 3 + kx) * ld;
-        // walk output-row segments: the valid ox range is computed once per segment
+        // walk output-row segments (no division inside: late layers have rows of 2 to 7):
+        // the valid ox range is computed once per segment
         int64_t position = first;
         const int64_t end = first + count;
         const int shift = kx - g.pad_left;
         const int valid_lo = shift >= 0 ? 0 : (-shift + g.stride - 1) / g.stride;
         const int valid_hi = (g.w - 1 - shift) >= 0 ? (g.w - 1 - shift) / g.stride + 1 : 0;
-        while (position < end) {
-          const int oy = int(position / g.ow), ox0 = int(position % g.ow);
+        int oy = int(first / g.ow), ox0 = int(first % g.ow);
+        for (; position < end; ++oy, ox0 = 0) {
           const int ox1 = int(std::min<int64_t>(g.ow, ox0 + (end - position)));
           const int iy = oy * g.stride + ky - g.pad_top;
           T* out = row + (position - first) - ox0;
@@ -108,8 +122,8 @@ void col2im_add(const ConvGeometry& g, const T* col, int64_t ld, int c0, int c1,
         const int valid_hi = (g.w - 1 - shift) >= 0 ? (g.w - 1 - shift) / g.stride + 1 : 0;
         int64_t position = first;
         const int64_t end = first + count;
-        while (position < end) {
-          const int oy = int(position / g.ow), ox0 = int(position % g.ow);
+        int oy = int(first / g.ow), ox0 = int(first % g.ow);
+        for (; position < end; ++oy, ox0 = 0) {
           const int ox1 = int(std::min<int64_t>(g.ow, ox0 + (end - position)));
           const int iy = oy * g.stride + ky - g.pad_top;
           if (iy >= 0 && iy < g.h) {
@@ -177,34 +191,41 @@ T* scratch(int slot, size_t size) {
 
 }  // namespace conv_detail
 
+// columns (optional): filled with im2col(x) on first use, read back afterwards.
 template <class T>
 void conv_forward(const ConvGeometry& g, int tasks, int batch, const T* x, const T* const* weights,
-                  const T* const* biases, T* y, bool accumulate) {
+                  const T* const* biases, T* y, bool accumulate, ColumnStore<T>* columns_store = nullptr) {
   using namespace conv_detail;
   const int chunk = column_chunk(g);
   const int64_t columns = int64_t(batch) * g.out_plane();
   const int64_t chunks = (columns + chunk - 1) / chunk;
+  const bool stored = columns_store && columns_store->data;
+  const bool reuse = stored && columns_store->filled;
   parallel_for(int64_t(tasks) * chunks, [&](int64_t unit) {
     const int task = int(unit / chunks);
     const int64_t first = (unit % chunks) * chunk;
     const int cols = int(std::min<int64_t>(chunk, columns - first));
-    T* col = scratch<T>(0, size_t(g.depth()) * chunk);
+    T* col = stored ? columns_store->chunk(g, task, columns, first) : scratch<T>(0, size_t(g.depth()) * chunk);
     T* out = scratch<T>(1, size_t(g.cout) * chunk);
     const T* x_task = x + int64_t(task) * batch * g.in_size();
-    im2col_columns(g, x_task, first, cols, col);
+    if (!reuse) im2col_columns(g, x_task, first, cols, col);
     gemm<T>(g.cout, cols, g.depth(), T(1), weights[task], row_major(g.depth()), col, row_major(cols), T(0), out, cols);
     scatter_columns(g, out, first, cols, biases && biases[task] ? biases[task] : nullptr, accumulate,
                     y + int64_t(task) * batch * g.out_size());
   });
+  if (stored) columns_store->filled = true;
 }
 
+// With a second pair (y_grad2, weights2) the result is convT(y_grad, W) + convT(y_grad2, W2),
+// summed before the col2im scatter (the tangent rule needs exactly that sum).
 template <class T>
 void conv_input_grad(const ConvGeometry& g, int tasks, int batch, const T* y_grad, const T* const* weights, T* x_grad,
-                     bool accumulate) {
+                     bool accumulate, const T* y_grad2 = nullptr, const T* const* weights2 = nullptr) {
   using namespace conv_detail;
   // Split by blocks of input channels: each unit owns its slice of x_grad, so the
-  // overlapping 3x3 scatter of col2im never races.
-  const int channel_block = std::min(g.cin, 8);
+  // overlapping 3x3 scatter of col2im never races. With tasks enough to keep every
+  // thread busy, one block per task: each block gathers and packs y_grad again.
+  const int channel_block = tasks >= 2 * thread_count() ? g.cin : std::min(g.cin, 8);
   const int blocks = (g.cin + channel_block - 1) / channel_block;
   const int chunk = column_chunk(g);
   const int64_t columns = int64_t(batch) * g.out_plane();
@@ -225,6 +246,11 @@ void conv_input_grad(const ConvGeometry& g, int tasks, int batch, const T* y_gra
       // col[rows, cols] = W[:, c0*9 .. c1*9]^T  y_grad[cout, cols]
       gemm<T>(rows, cols, g.cout, T(1), weights[task] + c0 * 9, transposed(g.depth()), dense, row_major(cols), T(0), col,
               cols);
+      if (y_grad2) {
+        gather_columns(g, y_grad2 + int64_t(task) * batch * g.out_size(), first, cols, dense);
+        gemm<T>(rows, cols, g.cout, T(1), weights2[task] + c0 * 9, transposed(g.depth()), dense, row_major(cols), T(1),
+                col, cols);
+      }
       for_each_run(g, first, cols, [&](int64_t example, int64_t position, int64_t length, int64_t offset) {
         col2im_add(g, col + offset, cols, c0, c1, position, length, dx_task + example * g.in_size());
       });
@@ -232,9 +258,10 @@ void conv_input_grad(const ConvGeometry& g, int tasks, int batch, const T* y_gra
   });
 }
 
+// columns (optional): im2col(x) kept by conv_forward; used when filled.
 template <class T>
 void conv_weight_grad(const ConvGeometry& g, int tasks, int batch, const T* x, const T* y_grad, T* const* weight_grads,
-                      T* const* bias_grads, bool accumulate) {
+                      T* const* bias_grads, bool accumulate, const ColumnStore<T>* columns_store = nullptr) {
   using namespace conv_detail;
   const int chunk = column_chunk(g);
   const int64_t columns = int64_t(batch) * g.out_plane();
@@ -244,9 +271,15 @@ void conv_weight_grad(const ConvGeometry& g, int tasks, int batch, const T* x, c
   // dw[cout, depth] += y_grad[cout, cols] col[depth, cols]^T over the column chunks of a task
   auto accumulate_chunk = [&](int task, int64_t first, T* dw) {
     const int cols = int(std::min<int64_t>(chunk, columns - first));
-    T* col = scratch<T>(0, size_t(g.depth()) * chunk);
     T* dense = scratch<T>(1, size_t(g.cout) * chunk);
-    im2col_columns(g, x + int64_t(task) * batch * g.in_size(), first, cols, col);
+    const T* col;
+    if (columns_store && columns_store->filled) {
+      col = columns_store->chunk(g, task, columns, first);
+    } else {
+      T* built = scratch<T>(0, size_t(g.depth()) * chunk);
+      im2col_columns(g, x + int64_t(task) * batch * g.in_size(), first, cols, built);
+      col = built;
+    }
     gather_columns(g, y_grad + int64_t(task) * batch * g.out_size(), first, cols, dense);
     gemm<T>(g.cout, g.depth(), cols, T(1), dense, row_major(cols), col, transposed(cols), T(1), dw, g.depth());
   };

@@ -69,6 +69,16 @@ void pack_b(int k, int n, const T* b, MatrixView bv, T* packed) {
         for (int c = 0; c < NR; ++c) packed[c] = src[c];
         packed += NR;
       }
+    } else if (bv.row_stride == 1) {
+      // B is a transposed row-major matrix (the weight gradient's im2col^T): read each
+      // column as the contiguous run it is and scatter into the sliver, which sits in L1.
+      for (int c = 0; c < cols; ++c) {
+        const T* src = b + (j0 + c) * bv.col_stride;
+        for (int p = 0; p < k; ++p) packed[p * NR + c] = src[p];
+      }
+      for (int c = cols; c < NR; ++c)
+        for (int p = 0; p < k; ++p) packed[p * NR + c] = T(0);
+      packed += k * NR;
     } else {
       for (int p = 0; p < k; ++p) {
         for (int c = 0; c < cols; ++c) packed[c] = b[p * bv.row_stride + (j0 + c) * bv.col_stride];
@@ -126,7 +136,7 @@ inline void micro_kernel(int k, const T* __restrict a, const T* __restrict b, T*
 #if defined(__AVX2__) && defined(__FMA__)
 // 6 x 16 floats / 6 x 8 doubles in 12 ymm accumulators: two B loads and six broadcasts
 // feed twelve FMAs per step of k, which keeps both FMA ports of a Zen 3 / Skylake core busy.
-#define MAML_MICRO_KERNEL(T, VEC, LOAD, BROADCAST, FMA, STORE, ZERO, LANES)                                        \
+#define MAML_MICRO_KERNEL(T, VEC, LOAD, BROADCAST, FMA, STORE, ZERO, LANES, ADD, STOREU)                                        \
   template <>                                                                                                        \
   inline void micro_kernel<T>(int k, const T* __restrict a, const T* __restrict b, T* c, std::ptrdiff_t ldc,        \
                               int rows, int cols, T alpha, T beta) {                                                 \
@@ -144,14 +154,28 @@ inline void micro_kernel(int k, const T* __restrict a, const T* __restrict b, T*
       a += 6;                                                                                                        \
       b += 2 * LANES;                                                                                                \
     }                                                                                                                \
+    if (rows == 6 && cols == 2 * LANES && alpha == T(1) && (beta == T(0) || beta == T(1))) {                          \
+      /* full tile, plain store or accumulate: straight from the registers */                                      \
+      VEC* acc[12] = {&c00, &c01, &c10, &c11, &c20, &c21, &c30, &c31, &c40, &c41, &c50, &c51};                       \
+      for (int r = 0; r < 6; ++r)                                                                                    \
+        for (int h = 0; h < 2; ++h) {                                                                                \
+          T* out = c + r * ldc + h * LANES;                                                                          \
+          VEC value = *acc[2 * r + h];                                                                               \
+          if (beta == T(1)) value = ADD(LOAD(out), value);                                                           \
+          STOREU(out, value);                                                                                        \
+        }                                                                                                            \
+      return;                                                                                                        \
+    }                                                                                                                \
     alignas(32) T tile[6][2 * LANES];                                                                                \
     STORE(tile[0], c00); STORE(tile[0] + LANES, c01); STORE(tile[1], c10); STORE(tile[1] + LANES, c11);              \
     STORE(tile[2], c20); STORE(tile[2] + LANES, c21); STORE(tile[3], c30); STORE(tile[3] + LANES, c31);              \
     STORE(tile[4], c40); STORE(tile[4] + LANES, c41); STORE(tile[5], c50); STORE(tile[5] + LANES, c51);              \
     store_tile<T, 6, 2 * LANES>(tile, c, ldc, rows, cols, alpha, beta);                                              \
   }
-MAML_MICRO_KERNEL(float, __m256, _mm256_loadu_ps, _mm256_broadcast_ss, _mm256_fmadd_ps, _mm256_store_ps, _mm256_setzero_ps, 8)
-MAML_MICRO_KERNEL(double, __m256d, _mm256_loadu_pd, _mm256_broadcast_sd, _mm256_fmadd_pd, _mm256_store_pd, _mm256_setzero_pd, 4)
+MAML_MICRO_KERNEL(float, __m256, _mm256_loadu_ps, _mm256_broadcast_ss, _mm256_fmadd_ps, _mm256_store_ps, _mm256_setzero_ps, 8,
+                  _mm256_add_ps, _mm256_storeu_ps)
+MAML_MICRO_KERNEL(double, __m256d, _mm256_loadu_pd, _mm256_broadcast_sd, _mm256_fmadd_pd, _mm256_store_pd, _mm256_setzero_pd, 4,
+                  _mm256_add_pd, _mm256_storeu_pd)
 #undef MAML_MICRO_KERNEL
 #endif
 
