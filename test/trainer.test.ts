@@ -2,7 +2,7 @@
 // configuration that records how a run was made.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { fork } from 'node:child_process';
+import { execFileSync, fork } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -117,4 +117,31 @@ test('a non-finite loss stops the run with a clear message and keeps the last go
   const config = { ...tinyConfig(data, out, 10), innerLr: 1e300 };
   await assert.rejects(train(config, { resume: true }), /iteration 6: the (query loss|meta-gradient) is not finite.*last good checkpoint is .*checkpoint\.safetensors/s);
   assert.deepEqual(readFileSync(path.join(out, CHECKPOINT_FILE)), good);
+});
+
+test('--time-limit stops with a checkpoint; the pre-adaptation accuracy is sampled every 10th iteration', async () => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'time-limit-'));
+  await writeSyntheticOmniglot(path.join(dir, 'data', 'omniglot'), 60, 10);
+  const cli = path.join(here, '..', 'src', 'cli', 'main.js');
+  const out = path.join(dir, 'run');
+  const flags = ['train', '--dataset', 'omniglot', '--ways', '5', '--shots', '1', '--meta-batch', '2', '--split', 'background',
+    '--data', path.join(dir, 'data'), '--out', out, '--iterations', '1000000', '--validate-every', '1000000'];
+  assert.throws(() => execFileSync(process.execPath, [cli, ...flags, '--time-limit', '0'], { encoding: 'utf8', stdio: 'pipe' }),
+    /--time-limit must be a positive number of minutes, got 0/);
+  const printed = execFileSync(process.execPath, [cli, ...flags, '--time-limit', '0.1'], { encoding: 'utf8', stdio: 'pipe' });
+  const stopped = /stopped at iteration (\d+)/.exec(printed);
+  assert.ok(stopped, printed);
+  const iterations = Number(stopped[1]);
+  assert.ok(iterations > 10 && iterations < 1000000, `stopped at ${iterations}`);
+  const table = createEngine({ arch: 'omniglot', ways: 5 }).parameters();
+  assert.equal(loadCheckpoint(path.join(out, CHECKPOINT_FILE), table, 'float32').iteration, iterations);
+  const csv = readFileSync(path.join(out, 'metrics.csv'), 'utf8').trim().split('\n');
+  const column = csv[0].split(',').indexOf('queryAccuracyBefore');
+  const before = csv.slice(1).map((line) => line.split(',')[column]);
+  assert.equal(before.length, iterations);
+  before.forEach((cell, i) => {
+    // row i is iteration i + 1, computed from the parameters after i updates
+    if (i % 10 === 0) assert.ok(Number(cell) >= 0 && Number(cell) <= 1, `iteration ${i + 1}: ${cell}`);
+    else assert.equal(cell, '', `iteration ${i + 1} is not measured`);
+  });
 });

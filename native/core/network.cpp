@@ -29,8 +29,8 @@ ConvGeometry geometry(const Layer& l) {
 }  // namespace
 
 template <class T>
-Network<T>::Network(const Architecture& architecture, T batch_norm_epsilon)
-    : arch_(architecture), epsilon_(batch_norm_epsilon) {
+Network<T>::Network(const Architecture& architecture, T batch_norm_epsilon, size_t column_budget_bytes)
+    : arch_(architecture), epsilon_(batch_norm_epsilon), column_budget_bytes_(column_budget_bytes) {
   const size_t layers = arch_.layers.size();
   buffer_of_.resize(layers + 1);
   buffer_of_[0] = 0;

@@ -36,7 +36,10 @@ struct PassResult {
 template <class T>
 class Network {
  public:
-  explicit Network(const Architecture& architecture, T batch_norm_epsilon = T(1e-3));
+  static constexpr size_t default_column_budget_bytes = size_t(160) << 20;
+  // column_budget_bytes: memory for keeping im2col matrices within a pass (0: rebuild them)
+  explicit Network(const Architecture& architecture, T batch_norm_epsilon = T(1e-3),
+                   size_t column_budget_bytes = default_column_budget_bytes);
 
   // params[t] / tangents[t]: flat vectors of task t (tangents null: no tangent pass).
   void run(const PassData<T>& data, const T* const* params, const T* const* tangents, const PassResult<T>& result);
@@ -70,7 +73,7 @@ class Network {
   // Each conv layer's im2col(input) [0] and im2col(input tangent) [1], kept for one pass so
   // the tangent forward and the weight gradients reuse them. Layers are kept in order while
   // they fit the budget; the rest rebuild their columns (same numbers, more time).
-  static constexpr size_t column_budget_bytes_ = size_t(160) << 20;
+  size_t column_budget_bytes_;
   std::vector<std::vector<T>> columns_[2];
   std::vector<ColumnStore<T>> column_stores_[2];
 };

@@ -9,8 +9,9 @@ export function windowed(rows: IterationMetrics[], key: keyof IterationMetrics, 
   const size = Math.max(1, Math.ceil(rows.length / points));
   const out: [number, number][] = [];
   for (let i = 0; i < rows.length; i += size) {
-    const w = rows.slice(i, i + size);
-    out.push([w[w.length - 1].iteration, w.reduce((s, r) => s + (r[key] as number), 0) / w.length]);
+    // skip values not measured in this iteration (NaN, or null once read back from JSON)
+    const values = rows.slice(i, i + size).map((r) => r[key] as number | null).filter((v): v is number => Number.isFinite(v));
+    if (values.length) out.push([rows[Math.min(i + size, rows.length) - 1].iteration, values.reduce((s, v) => s + v, 0) / values.length]);
   }
   return out;
 }

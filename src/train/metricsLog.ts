@@ -26,6 +26,9 @@ export interface ValidationMetrics {
 
 const COLUMNS: (keyof IterationMetrics)[] = ['iteration', 'seconds', 'dataSeconds', 'metaLoss', 'supportLossBefore', 'queryAccuracyBefore', 'queryAccuracyAfter', 'supportAccuracyAfter'];
 
+// Not-measured values (NaN in memory, null in JSON) are empty CSV cells.
+const csvRow = (row: IterationMetrics) => COLUMNS.map((c) => (Number.isFinite(row[c] as number) ? row[c] : '')).join(',');
+
 function readRows<T extends { iteration: number }>(file: string, upTo: number): T[] {
   if (!existsSync(file)) return [];
   return readFileSync(file, 'utf8').split('\n').filter((l) => l.trim()).map((l) => JSON.parse(l) as T).filter((r) => r.iteration <= upTo);
@@ -47,14 +50,14 @@ export class MetricsLog {
     this.iterations = readRows<IterationMetrics>(this.jsonl, startIteration);
     this.validations = readRows<ValidationMetrics>(this.validationFile, startIteration);
     writeFileAtomic(this.jsonl, this.iterations.map((r) => `${JSON.stringify(r)}\n`).join(''));
-    writeFileAtomic(this.csv, [COLUMNS.join(','), ...this.iterations.map((r) => COLUMNS.map((c) => r[c]).join(','))].join('\n') + '\n');
+    writeFileAtomic(this.csv, [COLUMNS.join(','), ...this.iterations.map((r) => csvRow(r))].join('\n') + '\n');
     writeFileAtomic(this.validationFile, this.validations.map((r) => `${JSON.stringify(r)}\n`).join(''));
   }
 
   iteration(row: IterationMetrics): void {
     this.iterations.push(row);
     this.pending.push(`${JSON.stringify(row)}\n`);
-    this.pendingCsv.push(`${COLUMNS.map((c) => row[c]).join(',')}\n`);
+    this.pendingCsv.push(`${csvRow(row)}\n`);
     if (this.pending.length >= 20) this.flush();
   }
 

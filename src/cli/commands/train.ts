@@ -37,6 +37,7 @@ export const trainCommand: CommandModule = {
       .option('padding', { type: 'string', choices: ['tf', 'symmetric'], describe: 'conv padding: tf = TensorFlow SAME as the original, symmetric = PyTorch padding=1' })
       .option('baseline', { type: 'string', choices: ['pretrained'], describe: 'sinusoid: train the paper\'s pretrained baseline instead of MAML (same network, task stream, Adam and iterations; minimises each task\'s query MSE at the shared weights, no inner loop), then pick its test-time fine-tuning step size from {0.001, 0.003, 0.01, 0.02, 0.05, 0.1} by the lowest MSE after 10 steps on 600 validation tasks; stored in the checkpoint for eval' })
       .option('device', { type: 'string', choices: ['auto', 'cpu', 'cuda'], default: 'auto', describe: 'where the meta-batch runs: auto picks CUDA when a device answers (and says which it picked), cuda fails clearly without one' })
+      .option('time-limit', { type: 'number', describe: 'stop after this many minutes of training, with a checkpoint, as Ctrl-C does (--resume continues the run)' })
       .option('resume', { type: 'boolean', default: false, describe: 'continue the run in --out from its checkpoint (same configuration; --iterations may be raised)' }),
   handler: async (a) => {
     const args = a as Record<string, any>;
@@ -64,6 +65,9 @@ export const trainCommand: CommandModule = {
         if (!args.out) config = { ...config, out: config.out.replace(/sinusoid-10shot-/, 'sinusoid-10shot-pretrained-') };
       }
     }
+    if (args.timeLimit !== undefined && !(args.timeLimit > 0))
+      throw new Error(`--time-limit must be a positive number of minutes, got ${args.timeLimit}`);
+    let deadline = Infinity;  // set when the first iteration starts: data loading does not count
     let stopRequested = false;
     const onSignal = () => {
       if (stopRequested) process.exit(130);
@@ -74,11 +78,13 @@ export const trainCommand: CommandModule = {
     process.on('SIGTERM', onSignal);
     let progress: ReturnType<typeof createProgress> | undefined;
     let lastValidation = '';
+    let lastBefore = '';
     const result = await (isPretrainedBaseline(config) ? trainPretrainedBaseline : train)(config, {
       resume: args.resume,
-      shouldStop: () => stopRequested,
+      shouldStop: () => stopRequested || Date.now() > deadline,
       events: {
         onStart: ({ summary, startIteration, split, device }) => {
+          if (args.timeLimit) deadline = Date.now() + args.timeLimit * 60_000;
           process.stdout.write(`${startIteration ? `resuming at iteration ${startIteration}\n` : ''}configuration:\n${summary}\n${split ? `${split}\n` : ''}device: ${device}${args.device === 'auto' ? ' (picked by --device auto)' : ''}\n`);
           progress = createProgress({ total: config.iterations, label: 'train' });
           progress.update(startIteration);
@@ -86,7 +92,9 @@ export const trainCommand: CommandModule = {
         onIteration: (m) => {
           const fields: Record<string, string> = { loss: m.metaLoss.toFixed(3) };
           if (config.dataset !== 'sinusoid') {
-            fields.pre = `${(m.queryAccuracyBefore * 100).toFixed(1)}%`;
+            // measured on every MEASURE_BEFORE_EVERY-th iteration: show the latest
+            if (Number.isFinite(m.queryAccuracyBefore)) lastBefore = `${(m.queryAccuracyBefore * 100).toFixed(1)}%`;
+            fields.pre = lastBefore;
             fields.post = `${(m.queryAccuracyAfter * 100).toFixed(1)}%`;
           }
           if (lastValidation) fields.val = lastValidation;
