@@ -2,6 +2,9 @@
 // cache path against explicit images, and errors that say what was wrong.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import { createEngine, type MetaBatch } from '../src/native/engine.js';
 
 const small = { arch: 'omniglot' as const, ways: 3, imageSize: 8, filters: 4, dtype: 'float64' as const };
@@ -75,6 +78,25 @@ test('indices into the image cache give the same gradient as the same images pas
   assert.deepEqual(Array.from(a.gradient), Array.from(b.gradient));
   // rot90 of a known image: the top-right pixel moves to the top-left
   assert.equal(explicit[64 * 1 + 0], 1 - pixels[7 * 64 + 7] / 255);
+});
+
+test('a cache read from its file gives the same gradient as the cache in memory; a wrong-sized file is named', async () => {
+  const count = 10;
+  const pixels = Uint8Array.from({ length: count * 64 }, (_, i) => (i * 53) % 256);
+  const dir = mkdtempSync(path.join(tmpdir(), 'pixel-file-'));
+  const file = path.join(dir, 'pixels.u8');
+  writeFileSync(file, pixels);
+  const inMemory = createEngine(small), onDisk = createEngine(small);
+  inMemory.setImageCache(pixels, count, 1, 8, 8, true);
+  onDisk.setImageCacheFile(file, count, 1, 8, 8, true);
+  const set = { indices: Int32Array.from([9, 2, 5, 0, 3, 7]), rotations: Uint8Array.from([1, 0, 3, 2, 0, 1]), labels: Int32Array.from([0, 1, 2, 0, 1, 2]), size: 3, lossWeight: 1 / 3 };
+  const batch = { tasks: 2, support: set, query: set };
+  const theta = inMemory.initialize(4);
+  const a = await inMemory.metaGradient(theta, batch, { steps: 2, stepSizes: 0.3 });
+  const b = await onDisk.metaGradient(theta, batch, { steps: 2, stepSizes: 0.3 });
+  assert.deepEqual(Array.from(b.gradient), Array.from(a.gradient));
+  assert.throws(() => onDisk.setImageCacheFile(file, count + 1, 1, 8, 8, true), /pixels\.u8 has 640 bytes, expected 704.*re-run prepare/);
+  assert.throws(() => onDisk.setImageCacheFile(path.join(dir, 'missing.u8'), count, 1, 8, 8, true), /missing\.u8: cannot open the pixel file/);
 });
 
 test('bad input is rejected with what was expected and what came', async () => {

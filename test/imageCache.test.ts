@@ -3,7 +3,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { test } from 'node:test';
-import { ImageCacheWriter, isCacheComplete, loadImageCache } from '../src/data/imageCache.js';
+import { ImageCacheWriter, isCacheComplete, loadImageCache, openImageCache } from '../src/data/imageCache.js';
 
 function tmpDir(): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), 'maml-cache-'));
@@ -118,4 +118,18 @@ test('a new cache replaces an old one; an aborted rewrite keeps the old one', as
   await writer.abort();
   assert.equal(loadImageCache(dir).index.count, 4);
   assert.deepEqual(fs.readdirSync(dir).sort(), ['index.json', 'pixels.u8']);
+});
+
+test('a cache above the in-memory limit stays on disk: only checked, not read', async () => {
+  const dir = path.join(tmpDir(), 'toy');
+  await writeCache(dir, [2, 3, 1]);
+  const small = openImageCache(dir, 360);
+  assert.equal(small.pixels?.length, 360);
+  const large = openImageCache(dir, 359);
+  assert.equal(large.pixels, undefined);
+  assert.equal(large.pixelsFile, path.join(dir, 'pixels.u8'));
+  assert.equal(large.index.count, 6);
+  // the size check still runs without reading the file
+  fs.truncateSync(path.join(dir, 'pixels.u8'), 300);
+  assert.throws(() => openImageCache(dir, 0), /pixels\.u8 has 300 bytes, expected 360.*re-run prepare/);
 });

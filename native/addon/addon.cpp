@@ -157,7 +157,8 @@ OwnedSet<T> read_set(const Napi::Object& o, const Architecture& a, int tasks, co
 
 struct CacheHolder {
   maml::ImageCache cache;
-  Napi::Reference<Napi::Uint8Array> pixels;
+  Napi::Reference<Napi::Uint8Array> pixels;  // in memory, or
+  std::unique_ptr<maml::PixelFile> file;     // read by position from disk
 };
 
 maml::InnerLoop read_loop(const Napi::Value& value, const Architecture& a) {
@@ -366,6 +367,7 @@ class Engine : public Napi::ObjectWrap<Engine> {
                         InstanceMethod("initialize", &Engine::Initialize),
                         InstanceMethod("forwardMultiplyAdds", &Engine::ForwardMultiplyAdds),
                         InstanceMethod("setImageCache", &Engine::SetImageCache),
+                        InstanceMethod("setImageCacheFile", &Engine::SetImageCacheFile),
                         InstanceMethod("metaGradient", &Engine::MetaGradientCall),
                         InstanceMethod("adaptAndEvaluate", &Engine::AdaptCall),
                         InstanceMethod("forward", &Engine::Forward),
@@ -526,6 +528,32 @@ class Engine : public Napi::ObjectWrap<Engine> {
       if (cuda32_) cuda32_->set_image_cache(holder->cache);
       if (cuda64_) cuda64_->set_image_cache(holder->cache);
 #endif
+      cache_ = std::move(holder);
+    } catch (const std::exception& e) {
+      Napi::Error::New(env, e.what()).ThrowAsJavaScriptException();
+    }
+    return env.Undefined();
+  }
+
+  // The same cache left on disk: each call reads its images by position (pread).
+  Napi::Value SetImageCacheFile(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    try {
+      if (info.Length() < 6 || !info[0].IsString())
+        throw Failure("setImageCacheFile(path: string, count, channels, height, width, invert)");
+      auto holder = std::make_unique<CacheHolder>();
+      holder->cache.count = info[1].ToNumber().Int64Value();
+      holder->cache.channels = info[2].ToNumber().Int32Value();
+      holder->cache.height = info[3].ToNumber().Int32Value();
+      holder->cache.width = info[4].ToNumber().Int32Value();
+      holder->cache.invert = info[5].ToBoolean().Value();
+      if (busy_) throw Failure("setImageCacheFile: a call is still running on this engine; await it first");
+#ifdef MAML_HAVE_CUDA
+      if (cuda32_ || cuda64_) throw Failure("setImageCacheFile: the CUDA engine needs the cache in memory; use setImageCache");
+#endif
+      holder->file = std::make_unique<maml::PixelFile>(info[0].As<Napi::String>().Utf8Value(),
+                                                       holder->cache.count * holder->cache.image_size());
+      holder->cache.file = holder->file.get();
       cache_ = std::move(holder);
     } catch (const std::exception& e) {
       Napi::Error::New(env, e.what()).ThrowAsJavaScriptException();

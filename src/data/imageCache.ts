@@ -210,6 +210,12 @@ export function isCacheComplete(dir: string): CacheIndex | undefined {
 
 /** Loads the whole cache into memory; throws with the file and the fix when it is incomplete. */
 export function loadImageCache(dir: string): { pixels: Buffer; index: CacheIndex } {
+  const { index, pixelsFile } = openImageCache(dir, 0);
+  return { index, pixels: fs.readFileSync(pixelsFile) };
+}
+
+/** Checks the cache; its pixels are read into memory when the file is at most maxInMemoryBytes. */
+export function openImageCache(dir: string, maxInMemoryBytes: number): { pixels?: Buffer; pixelsFile: string; index: CacheIndex } {
   const index = readIndex(dir);
   const pixelsPath = path.join(dir, PIXELS_FILE);
   const expected = index.count * imageBytes(index.imageShape);
@@ -225,6 +231,5 @@ export function loadImageCache(dir: string): { pixels: Buffer; index: CacheIndex
         `the cache is damaged or from another run: re-run prepare to rebuild it.`,
     );
   }
-  const pixels = fs.readFileSync(pixelsPath);
-  return { pixels, index };
+  return { index, pixelsFile: pixelsPath, pixels: size <= maxInMemoryBytes ? fs.readFileSync(pixelsPath) : undefined };
 }

@@ -5,6 +5,7 @@
 import type { MetaBatch } from '../native/engine.js';
 import { loadCheckpoint, readCheckpointConfig } from '../train/checkpoint.js';
 import { trainingContext } from '../train/trainer.js';
+import { datasetPixels } from '../train/taskSources.js';
 import type { TrainConfig } from '../train/config.js';
 import { adaptOnImages, onnxBytes } from '../commands/export.js';
 import { createSession, closeSession, runLogits, type OnnxProvider } from '../onnx/runtime.js';
@@ -71,8 +72,8 @@ export async function evaluateWithOnnx(o: OnnxEvaluateOptions): Promise<OnnxEval
   for (let t = 0; t < tasks; t++) {
     const batch: MetaBatch = source.next(1);
     const native = await engine.adaptAndEvaluate(parameters, batch, { steps, stepSizes: config.innerLr });
-    const supportImages = gatherImages(dataset.pixels, shape, dataset.index.invert, batch.support.indices!, batch.support.rotations);
-    const queryImages = gatherImages(dataset.pixels, shape, dataset.index.invert, batch.query.indices!, batch.query.rotations);
+    const supportImages = gatherImages(datasetPixels(dataset), shape, dataset.index.invert, batch.support.indices!, batch.support.rotations);
+    const queryImages = gatherImages(datasetPixels(dataset), shape, dataset.index.invert, batch.query.indices!, batch.query.rotations);
     const adapted = await adaptOnImages(engine, config, parameters, supportImages, batch.support.labels!, steps);
     const bytes = onnxBytes(engine, config, adapted.weights, o.batchNorm, adapted.statistics, {});
     const session = await createSession(bytes, { provider: o.provider, threads: 1, notice: t === 0 ? undefined : () => {} });

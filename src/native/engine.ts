@@ -125,6 +125,8 @@ export interface NativeEngine {
   initialize(seed: number): FloatArray;
   /** Keeps a reference to the pixels ([count, C, H, W] uint8); indices then select from them. */
   setImageCache(pixels: Uint8Array, count: number, channels: number, height: number, width: number, invert: boolean): void;
+  /** The same cache left on disk: each call reads its images from the file by position (CPU engine only). */
+  setImageCacheFile(file: string, count: number, channels: number, height: number, width: number, invert: boolean): void;
   metaGradient(parameters: FloatArray, batch: MetaBatch, loop: InnerLoopOptions): Promise<MetaGradientResult>;
   adaptAndEvaluate(parameters: FloatArray, batch: MetaBatch, loop: InnerLoopOptions,
                    options?: { keepAdapted?: boolean; keepLogits?: boolean }): Promise<AdaptationResult>;

@@ -3,7 +3,7 @@
 // `next(tasks)`, and a state to save for an exact resume.
 import path from 'node:path';
 import type { MetaBatch, NativeEngine } from '../native/engine.js';
-import { loadImageCache, type CacheIndex } from '../data/imageCache.js';
+import { loadImageCache, openImageCache, type CacheIndex } from '../data/imageCache.js';
 import { EpisodeSampler, type EpisodeBatch, type SamplerState } from '../data/episodes.js';
 import { omniglotSplit } from '../data/omniglotSplits.js';
 import { miniImagenetSplit } from '../data/miniImagenetSplits.js';
@@ -30,7 +30,9 @@ export interface ImageDataset {
   name: DatasetName;
   cacheDir: string;
   index: CacheIndex;
-  pixels: Buffer;
+  /** In memory for small caches; large ones (full MiniImagenet: 1.27 GB) stay on disk. */
+  pixels?: Buffer;
+  pixelsFile: string;
   split: SplitInfo;
   rotate: boolean;
 }
@@ -44,17 +46,29 @@ export function openImageDataset(name: 'omniglot' | 'miniimagenet', dataDir: str
   const cacheDir = path.join(dataDir, name);
   let cache;
   try {
-    cache = loadImageCache(cacheDir);
+    cache = openImageCache(cacheDir, IN_MEMORY_BYTES);
   } catch (e) {
     throw new Error(`${(e as Error).message}\n(no prepared ${name} cache in ${dataDir}: run \`${PREPARE_HINT[name].replace('DATA', dataDir)}\`, or point --data / MAML_DATA at the folder that holds it)`);
   }
   const split = name === 'omniglot' ? omniglotSplit(cache.index, protocol) : miniImagenetSplit(cache.index);
-  return { name, cacheDir, index: cache.index, pixels: cache.pixels, split, rotate: name === 'omniglot' };
+  return { name, cacheDir, index: cache.index, pixels: cache.pixels, pixelsFile: cache.pixelsFile, split, rotate: name === 'omniglot' };
+}
+
+/** Caches up to this size are read into memory (Omniglot: 25 MB); larger ones are read
+ *  image by image from the page cache, so training memory does not grow with the set. */
+export const IN_MEMORY_BYTES = 256 * 2 ** 20;
+
+/** The pixels of a data set in memory, reading them from disk the first time if needed. */
+export function datasetPixels(d: ImageDataset): Buffer {
+  d.pixels ??= loadImageCache(d.cacheDir).pixels;
+  return d.pixels;
 }
 
 export function attachCache(engine: NativeEngine, d: ImageDataset): void {
   const [c, h, w] = d.index.imageShape;
-  engine.setImageCache(d.pixels, d.index.count, c, h, w, d.index.invert);
+  // the CUDA engine uploads the whole cache to the device, so it needs it in memory once
+  if (d.pixels || engine.device === 'cuda') engine.setImageCache(datasetPixels(d), d.index.count, c, h, w, d.index.invert);
+  else engine.setImageCacheFile(d.pixelsFile, d.index.count, c, h, w, d.index.invert);
 }
 
 export function toMetaBatch(e: EpisodeBatch, reduction: LossReduction): MetaBatch {

@@ -115,7 +115,9 @@ size_t CudaMetaLearner<T>::workspace_bytes() const {
 
 template <class T>
 void CudaMetaLearner<T>::set_image_cache(const ImageCache& cache) {
-  if (!cache.pixels || cache.count <= 0) throw std::invalid_argument("image cache: no images given");
+  if (cache.count <= 0) throw std::invalid_argument("image cache: no images given");
+  if (!cache.pixels)
+    throw std::invalid_argument("image cache: the CUDA engine uploads the whole cache and needs it in memory (setImageCache), not a pixel file");
   if (cache.channels != arch_.input.channels || cache.height != arch_.input.height ||
       cache.width != arch_.input.width)
     throw std::invalid_argument("image cache: images are " + std::to_string(cache.channels) + "x" +
