@@ -118,10 +118,12 @@ void Network<T>::allocate(int examples, bool tangent) {
 }
 
 template <class T>
-void Network<T>::prepare_column_stores(int64_t examples, bool tangent) {
+void Network<T>::prepare_column_stores(int64_t examples, bool tangent, bool backward) {
   const size_t layers = arch_.layers.size();
   for (auto& stores : column_stores_) stores.assign(layers, ColumnStore<T>{});
   for (auto& columns : columns_) columns.resize(layers);
+  // a plain forward pass reads each column block once: the cache-sized scratch is faster
+  if (!backward && !tangent) return;
   size_t held = 0;
   for (int copy = 0; copy < 2; ++copy)
     for (auto& c : columns_[copy]) held += c.capacity() * sizeof(T);
@@ -135,7 +137,10 @@ void Network<T>::prepare_column_stores(int64_t examples, bool tangent) {
       const size_t grown = std::max(c.capacity(), need) * sizeof(T);
       if (held - c.capacity() * sizeof(T) + grown > column_budget_bytes_) continue;
       held += grown - c.capacity() * sizeof(T);
-      if (c.size() < need) c.resize(need);
+      if (c.size() < need) {
+        c.reserve(need);  // exactly: the budget counts capacities
+        c.resize(need);
+      }
       column_stores_[copy][i].data = c.data();
     }
   }
@@ -146,7 +151,7 @@ void Network<T>::run(const PassData<T>& data, const T* const* params, const T* c
                      const PassResult<T>& result) {
   if (data.tasks <= 0 || data.batch <= 0) throw std::invalid_argument("a pass needs at least one task and one example");
   allocate(data.tasks * data.batch, tangents != nullptr);
-  prepare_column_stores(int64_t(data.tasks) * data.batch, tangents != nullptr);
+  prepare_column_stores(int64_t(data.tasks) * data.batch, tangents != nullptr, result.grads != nullptr);
   forward(data, params, tangents);
 
   // loss per task, gradient of the logits into grad_[0]

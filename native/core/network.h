@@ -56,7 +56,7 @@ class Network {
 
  private:
   void allocate(int examples, bool tangent);
-  void prepare_column_stores(int64_t examples, bool tangent);
+  void prepare_column_stores(int64_t examples, bool tangent, bool backward);
   void forward(const PassData<T>& data, const T* const* params, const T* const* tangents);
   void backward(const PassData<T>& data, const T* const* params, const T* const* tangents, const PassResult<T>& result);
 
