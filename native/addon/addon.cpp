@@ -155,6 +155,15 @@ OwnedSet<T> read_set(const Napi::Object& o, const Architecture& a, int tasks, co
   return s;
 }
 
+// (..., count, channels, height, width, invert): the arguments both cache setters share.
+void read_cache_shape(const Napi::CallbackInfo& info, maml::ImageCache& cache) {
+  cache.count = info[1].ToNumber().Int64Value();
+  cache.channels = info[2].ToNumber().Int32Value();
+  cache.height = info[3].ToNumber().Int32Value();
+  cache.width = info[4].ToNumber().Int32Value();
+  cache.invert = info[5].ToBoolean().Value();
+}
+
 struct CacheHolder {
   maml::ImageCache cache;
   Napi::Reference<Napi::Uint8Array> pixels;  // in memory, or
@@ -512,11 +521,7 @@ class Engine : public Napi::ObjectWrap<Engine> {
         throw Failure("setImageCache(pixels: Uint8Array, count, channels, height, width, invert)");
       auto pixels = info[0].As<Napi::Uint8Array>();
       auto holder = std::make_unique<CacheHolder>();
-      holder->cache.count = info[1].ToNumber().Int64Value();
-      holder->cache.channels = info[2].ToNumber().Int32Value();
-      holder->cache.height = info[3].ToNumber().Int32Value();
-      holder->cache.width = info[4].ToNumber().Int32Value();
-      holder->cache.invert = info[5].ToBoolean().Value();
+      read_cache_shape(info, holder->cache);
       const size_t expected = size_t(holder->cache.count) * holder->cache.image_size();
       if (pixels.ElementLength() != expected)
         throw Failure(expected_got("image cache", std::to_string(expected) + " bytes (count x C x H x W)",
@@ -542,11 +547,7 @@ class Engine : public Napi::ObjectWrap<Engine> {
       if (info.Length() < 6 || !info[0].IsString())
         throw Failure("setImageCacheFile(path: string, count, channels, height, width, invert)");
       auto holder = std::make_unique<CacheHolder>();
-      holder->cache.count = info[1].ToNumber().Int64Value();
-      holder->cache.channels = info[2].ToNumber().Int32Value();
-      holder->cache.height = info[3].ToNumber().Int32Value();
-      holder->cache.width = info[4].ToNumber().Int32Value();
-      holder->cache.invert = info[5].ToBoolean().Value();
+      read_cache_shape(info, holder->cache);
       if (busy_) throw Failure("setImageCacheFile: a call is still running on this engine; await it first");
 #ifdef MAML_HAVE_CUDA
       if (cuda32_ || cuda64_) throw Failure("setImageCacheFile: the CUDA engine needs the cache in memory; use setImageCache");
