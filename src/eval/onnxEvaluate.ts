@@ -67,13 +67,14 @@ export async function evaluateWithOnnx(o: OnnxEvaluateOptions): Promise<OnnxEval
   const { queries, label } = queriesFor(config, o.testQueries);
   const source = context.source('test', o.seed ?? 0, undefined, queries);
   const shape = dataset.index.imageShape;
+  const pixels = datasetPixels(dataset);  // ONNX inputs are gathered here, so the cache must be in memory
   const onnxAccuracy: number[] = [], nativeAccuracy: number[] = [];
   let identical = 0, maxDifference = 0, provider: OnnxProvider = o.provider;
   for (let t = 0; t < tasks; t++) {
     const batch: MetaBatch = source.next(1);
     const native = await engine.adaptAndEvaluate(parameters, batch, { steps, stepSizes: config.innerLr });
-    const supportImages = gatherImages(datasetPixels(dataset), shape, dataset.index.invert, batch.support.indices!, batch.support.rotations);
-    const queryImages = gatherImages(datasetPixels(dataset), shape, dataset.index.invert, batch.query.indices!, batch.query.rotations);
+    const supportImages = gatherImages(pixels, shape, dataset.index.invert, batch.support.indices!, batch.support.rotations);
+    const queryImages = gatherImages(pixels, shape, dataset.index.invert, batch.query.indices!, batch.query.rotations);
     const adapted = await adaptOnImages(engine, config, parameters, supportImages, batch.support.labels!, steps);
     const bytes = onnxBytes(engine, config, adapted.weights, o.batchNorm, adapted.statistics, {});
     const session = await createSession(bytes, { provider: o.provider, threads: 1, notice: t === 0 ? undefined : () => {} });

@@ -33,16 +33,15 @@ inline void lane_sums(int64_t count, T (&out)[S], Term term) {
     for (int k = 0; k < S; ++k)
       for (int l = 0; l < L; ++l) lanes[k][l] += block[k][l];
   }
-  for (int k = 0; k < S; ++k) {
-    T tail = 0;
-    for (int64_t j = i; j < count; ++j) {
-      T terms[S];
-      term(j, terms);
-      tail += terms[k];
-    }
-    out[k] += ((lanes[k][0] + lanes[k][1]) + (lanes[k][2] + lanes[k][3])) +
-              ((lanes[k][4] + lanes[k][5]) + (lanes[k][6] + lanes[k][7])) + tail;
+  T tail[S] = {};
+  for (; i < count; ++i) {
+    T terms[S];
+    term(i, terms);
+    for (int k = 0; k < S; ++k) tail[k] += terms[k];
   }
+  for (int k = 0; k < S; ++k)
+    out[k] += ((lanes[k][0] + lanes[k][1]) + (lanes[k][2] + lanes[k][3])) +
+              ((lanes[k][4] + lanes[k][5]) + (lanes[k][6] + lanes[k][7])) + tail[k];
 }
 
 template <class T>
