@@ -189,6 +189,21 @@ T* scratch(int slot, size_t size) {
   return v.data();
 }
 
+// Every task's weights [cout, depth] packed once for the GEMM micro-kernel: each is
+// multiplied by all column chunks of its task, so packing per chunk repeated the work
+// hundreds of times. Lives in the calling thread's storage until its next layer.
+template <class T>
+const T* pack_forward_weights(const ConvGeometry& g, int tasks, const T* const* weights, gemm_detail::TileShape shape) {
+  thread_local std::vector<T> packed;
+  const size_t size = packed_a_size<T>(shape, g.cout, g.depth());
+  if (packed.size() < size * tasks) packed.resize(size * tasks);
+  T* data = packed.data();
+  parallel_for(tasks, [&](int64_t task) {
+    pack_a_matrix<T>(shape, g.cout, g.depth(), weights[task], row_major(g.depth()), data + task * size);
+  });
+  return data;
+}
+
 }  // namespace conv_detail
 
 // columns (optional): filled with im2col(x) on first use, read back afterwards.
@@ -201,6 +216,9 @@ void conv_forward(const ConvGeometry& g, int tasks, int batch, const T* x, const
   const int64_t chunks = (columns + chunk - 1) / chunk;
   const bool stored = columns_store && columns_store->data;
   const bool reuse = stored && columns_store->filled;
+  const auto shape = gemm_tile_shape<T>(g.cout, chunk);
+  const size_t packed_size = packed_a_size<T>(shape, g.cout, g.depth());
+  const T* packed_weights = pack_forward_weights(g, tasks, weights, shape);
   parallel_for(int64_t(tasks) * chunks, [&](int64_t unit) {
     const int task = int(unit / chunks);
     const int64_t first = (unit % chunks) * chunk;
@@ -209,7 +227,8 @@ void conv_forward(const ConvGeometry& g, int tasks, int batch, const T* x, const
     T* out = scratch<T>(1, size_t(g.cout) * chunk);
     const T* x_task = x + int64_t(task) * batch * g.in_size();
     if (!reuse) im2col_columns(g, x_task, first, cols, col);
-    gemm<T>(g.cout, cols, g.depth(), T(1), weights[task], row_major(g.depth()), col, row_major(cols), T(0), out, cols);
+    gemm_packed<T>(shape, g.cout, cols, g.depth(), T(1), packed_weights + task * packed_size, col, row_major(cols), T(0),
+                   out, cols);
     scatter_columns(g, out, first, cols, biases && biases[task] ? biases[task] : nullptr, accumulate,
                     y + int64_t(task) * batch * g.out_size());
   });
@@ -239,17 +258,21 @@ void conv_input_grad(const ConvGeometry& g, int tasks, int batch, const T* y_gra
         std::fill(dx_task + n * g.in_size() + c0 * g.in_plane(), dx_task + n * g.in_size() + c1 * g.in_plane(), T(0));
     T* dense = scratch<T>(1, size_t(g.cout) * chunk);
     T* col = scratch<T>(2, size_t(rows) * chunk);
+    // W[:, c0*9 .. c1*9]^T (and W2's) packed once for all column chunks of the unit
+    const auto shape = gemm_tile_shape<T>(rows, chunk);
+    const size_t packed_size = packed_a_size<T>(shape, rows, g.cout);
+    T* packed = scratch<T>(3, packed_size * (y_grad2 ? 2 : 1));
+    pack_a_matrix<T>(shape, rows, g.cout, weights[task] + c0 * 9, transposed(g.depth()), packed);
+    if (y_grad2) pack_a_matrix<T>(shape, rows, g.cout, weights2[task] + c0 * 9, transposed(g.depth()), packed + packed_size);
     const T* dy_task = y_grad + int64_t(task) * batch * g.out_size();
     for (int64_t first = 0; first < columns; first += chunk) {
       const int cols = int(std::min<int64_t>(chunk, columns - first));
       gather_columns(g, dy_task, first, cols, dense);
       // col[rows, cols] = W[:, c0*9 .. c1*9]^T  y_grad[cout, cols]
-      gemm<T>(rows, cols, g.cout, T(1), weights[task] + c0 * 9, transposed(g.depth()), dense, row_major(cols), T(0), col,
-              cols);
+      gemm_packed<T>(shape, rows, cols, g.cout, T(1), packed, dense, row_major(cols), T(0), col, cols);
       if (y_grad2) {
         gather_columns(g, y_grad2 + int64_t(task) * batch * g.out_size(), first, cols, dense);
-        gemm<T>(rows, cols, g.cout, T(1), weights2[task] + c0 * 9, transposed(g.depth()), dense, row_major(cols), T(1),
-                col, cols);
+        gemm_packed<T>(shape, rows, cols, g.cout, T(1), packed + packed_size, dense, row_major(cols), T(1), col, cols);
       }
       for_each_run(g, first, cols, [&](int64_t example, int64_t position, int64_t length, int64_t offset) {
         col2im_add(g, col + offset, cols, c0, c1, position, length, dx_task + example * g.in_size());

@@ -7,10 +7,14 @@
 //
 // Layout follows the usual BLIS/GotoBLAS scheme: B is packed into KC x NR slivers,
 // A into MR x KC slivers, and a register-blocked micro-kernel of MR x NR accumulators
-// (GCC vector extensions, so it compiles to AVX2/FMA with -march=native and to plain
-// scalar code elsewhere) runs over them. It is single-threaded on purpose: callers
-// thread over examples, tasks and column chunks, which keeps every core busy on the
-// small matrices conv nets have, without nested thread pools.
+// runs over them. Two tile shapes, both twelve vector accumulators: 6 x 2 vectors and
+// 4 x 3 vectors; each call takes the one that wastes fewer padded rows and columns
+// (the miniimagenet layers have 32 output channels: 6 rows would pad them to 36).
+// A can be packed once and reused (pack_a_matrix + gemm_packed): a conv layer multiplies
+// the same weights by every column chunk of a task.
+// It is single-threaded on purpose: callers thread over examples, tasks and column
+// chunks, which keeps every core busy on the small matrices conv nets have, without
+// nested thread pools.
 //
 // Checked against the naive triple loop in tests/test_gemm.cpp; timed by bench_gemm.
 #pragma once
@@ -31,24 +35,77 @@ struct MatrixView {
 
 namespace gemm_detail {
 
+// One 32-byte vector of T and the five operations the micro-kernel needs.
+#if defined(__AVX2__) && defined(__FMA__)
 template <class T>
-struct Kernel {
-  static constexpr int vector_bytes = 32;
-  static constexpr int lanes = vector_bytes / sizeof(T);
-  typedef T Vector __attribute__((vector_size(vector_bytes)));
-  static constexpr int MR = 6;
-  static constexpr int NR = 2 * lanes;  // two vectors wide
-  static constexpr int KC = 256;
-  static constexpr int MC = 96;
-  static constexpr int NC = 2048;
+struct Simd;
+template <>
+struct Simd<float> {
+  typedef __m256 V;
+  static constexpr int lanes = 8;
+  static V zero() { return _mm256_setzero_ps(); }
+  static V load(const float* p) { return _mm256_loadu_ps(p); }
+  static V broadcast(const float* p) { return _mm256_broadcast_ss(p); }
+  static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static V add(V a, V b) { return _mm256_add_ps(a, b); }
+  static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
+};
+template <>
+struct Simd<double> {
+  typedef __m256d V;
+  static constexpr int lanes = 4;
+  static V zero() { return _mm256_setzero_pd(); }
+  static V load(const double* p) { return _mm256_loadu_pd(p); }
+  static V broadcast(const double* p) { return _mm256_broadcast_sd(p); }
+  static V fma(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
+  static V add(V a, V b) { return _mm256_add_pd(a, b); }
+  static void store(double* p, V v) { _mm256_storeu_pd(p, v); }
+};
+#else
+// Portable: GCC vector extensions, which compile to whatever SIMD the target has.
+template <class T>
+struct Simd {
+  static constexpr int lanes = 32 / sizeof(T);
+  typedef T V __attribute__((vector_size(32)));
+  static V zero() { return V{}; }
+  static V load(const T* p) { V v; __builtin_memcpy(&v, p, sizeof(V)); return v; }
+  static V broadcast(const T* p) { return V{} + *p; }
+  static V fma(V a, V b, V c) { return a * b + c; }
+  static V add(V a, V b) { return a + b; }
+  static void store(T* p, V v) { __builtin_memcpy(p, &v, sizeof(V)); }
+};
+#endif
+
+// A register tile: MR rows x NV vectors of accumulators.
+template <class T, int MR_, int NV_>
+struct Tile {
+  static constexpr int MR = MR_, NV = NV_, NR = NV_ * Simd<T>::lanes;
 };
 
+enum class TileShape { tall, wide };  // 6 x 2 vectors, 4 x 3 vectors
+
+constexpr int KC_MAX = 256;  // depth per packed block (B sliver 16-24 KiB: stays in L1)
+constexpr int MC = 96;       // rows of A per packed block (a multiple of both MR)
+constexpr int NC = 2048;     // columns of B per packed block
+
+// The depth is cut into equal blocks of at most KC_MAX (288 + 288, not 256 + 256 + 64).
+inline int depth_blocks(int k) { return (k + KC_MAX - 1) / KC_MAX; }
+inline int depth_begin(int block, int blocks, int k) { return int(int64_t(block) * k / blocks); }
+
 // Packs rows [0, m) x depth [0, k) of A into MR-tall slivers, zero padded.
-template <class T>
+template <class T, int MR>
 void pack_a(int m, int k, const T* a, MatrixView av, T* packed) {
-  constexpr int MR = Kernel<T>::MR;
   for (int i0 = 0; i0 < m; i0 += MR) {
     const int rows = std::min(MR, m - i0);
+    if (rows == MR && av.row_stride == 1) {
+      // A is transposed (W^T of the input gradient): each depth step is MR contiguous values
+      for (int p = 0; p < k; ++p) {
+        const T* src = a + i0 + p * av.col_stride;
+        for (int r = 0; r < MR; ++r) packed[r] = src[r];
+        packed += MR;
+      }
+      continue;
+    }
     for (int p = 0; p < k; ++p) {
       for (int r = 0; r < rows; ++r) packed[r] = a[(i0 + r) * av.row_stride + p * av.col_stride];
       for (int r = rows; r < MR; ++r) packed[r] = T(0);
@@ -57,10 +114,52 @@ void pack_a(int m, int k, const T* a, MatrixView av, T* packed) {
   }
 }
 
-// Packs depth [0, k) x columns [0, n) of B into NR-wide slivers, zero padded.
+// packed[p * NR + c] = columns[c * stride + p] for p < k, c < NR: a full sliver of a
+// transposed B. Returns false where no vector version exists (the caller loops instead).
 template <class T>
+inline bool transpose_columns(int k, const T* columns, std::ptrdiff_t stride, int NR, T* packed) {
+  return false;
+}
+#if defined(__AVX2__)
+// 8 x 8 blocks through registers (unpack, shuffle, permute): the scalar scatter it
+// replaces made the weight gradient's GEMM the slowest of the three.
+template <>
+inline bool transpose_columns<float>(int k, const float* columns, std::ptrdiff_t stride, int NR, float* packed) {
+  if (NR % 8 != 0) return false;
+  const int k8 = k / 8 * 8;
+  for (int c = 0; c < NR; c += 8) {
+    const float* src = columns + c * stride;
+    for (int p = 0; p < k8; p += 8) {
+      __m256 r[8];
+      for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * stride + p);
+      const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+      const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+      const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+      const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+      const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+      const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+      const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+      const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+      float* dst = packed + p * NR + c;
+      _mm256_storeu_ps(dst + 0 * NR, _mm256_permute2f128_ps(u0, u4, 0x20));
+      _mm256_storeu_ps(dst + 1 * NR, _mm256_permute2f128_ps(u1, u5, 0x20));
+      _mm256_storeu_ps(dst + 2 * NR, _mm256_permute2f128_ps(u2, u6, 0x20));
+      _mm256_storeu_ps(dst + 3 * NR, _mm256_permute2f128_ps(u3, u7, 0x20));
+      _mm256_storeu_ps(dst + 4 * NR, _mm256_permute2f128_ps(u0, u4, 0x31));
+      _mm256_storeu_ps(dst + 5 * NR, _mm256_permute2f128_ps(u1, u5, 0x31));
+      _mm256_storeu_ps(dst + 6 * NR, _mm256_permute2f128_ps(u2, u6, 0x31));
+      _mm256_storeu_ps(dst + 7 * NR, _mm256_permute2f128_ps(u3, u7, 0x31));
+    }
+    for (int i = 0; i < 8; ++i)
+      for (int p = k8; p < k; ++p) packed[p * NR + c + i] = src[i * stride + p];
+  }
+  return true;
+}
+#endif
+
+// Packs depth [0, k) x columns [0, n) of B into NR-wide slivers, zero padded.
+template <class T, int NR>
 void pack_b(int k, int n, const T* b, MatrixView bv, T* packed) {
-  constexpr int NR = Kernel<T>::NR;
   for (int j0 = 0; j0 < n; j0 += NR) {
     const int cols = std::min(NR, n - j0);
     if (cols == NR && bv.col_stride == 1) {
@@ -72,6 +171,10 @@ void pack_b(int k, int n, const T* b, MatrixView bv, T* packed) {
     } else if (bv.row_stride == 1) {
       // B is a transposed row-major matrix (the weight gradient's im2col^T): read each
       // column as the contiguous run it is and scatter into the sliver, which sits in L1.
+      if (cols == NR && transpose_columns(k, b + j0 * bv.col_stride, bv.col_stride, NR, packed)) {
+        packed += k * NR;
+        continue;
+      }
       for (int c = 0; c < cols; ++c) {
         const T* src = b + (j0 + c) * bv.col_stride;
         for (int p = 0; p < k; ++p) packed[p * NR + c] = src[p];
@@ -103,130 +206,175 @@ inline void store_tile(const T (&tile)[MR][NR], T* c, std::ptrdiff_t ldc, int ro
 }
 
 // acc(MR x NR) = sum_p a_sliver[p] (outer) b_sliver[p]; then C tile = alpha acc + beta C.
-// Portable version (GCC vector extensions); AVX2/FMA builds use the intrinsics below.
-template <class T>
-inline void micro_kernel(int k, const T* __restrict a, const T* __restrict b, T* c, std::ptrdiff_t ldc,
-                         int rows, int cols, T alpha, T beta) {
-  using K = Kernel<T>;
-  using V = typename K::Vector;
-  constexpr int MR = K::MR, L = K::lanes;
-  V acc[MR][2];
-  for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = V{};
+// Per step of k: NV loads of B, MR broadcasts of A, MR * NV = 12 FMAs, enough independent
+// accumulators to keep both FMA ports of a Zen 3 / Skylake core busy.
+template <class T, class S>
+inline void micro_kernel(int k, const T* __restrict a, const T* __restrict b, T* c, std::ptrdiff_t ldc, int rows,
+                         int cols, T alpha, T beta) {
+  using V = typename Simd<T>::V;
+  constexpr int MR = S::MR, NV = S::NV, L = Simd<T>::lanes;
+  V acc[MR][NV];
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[r][v] = Simd<T>::zero();
   for (int p = 0; p < k; ++p) {
-    V b0, b1;
-    __builtin_memcpy(&b0, b, sizeof(V));
-    __builtin_memcpy(&b1, b + L, sizeof(V));
+    V bv[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      bv[v] = Simd<T>::load(b + v * L);
+      // keep each B vector in a register: folded into the FMAs, it would be loaded MR
+      // times, and 256-bit loads (two per cycle) would then limit the kernel
+      __asm__("" : "+x"(bv[v]));
+    }
+#pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) {
-      V ar;
-      for (int i = 0; i < L; ++i) ar[i] = a[r];
-      acc[r][0] += ar * b0;
-      acc[r][1] += ar * b1;
+      const V ar = Simd<T>::broadcast(a + r);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[r][v] = Simd<T>::fma(ar, bv[v], acc[r][v]);
     }
     a += MR;
-    b += 2 * L;
+    b += NV * L;
   }
-  T tile[MR][2 * L];
-  for (int r = 0; r < MR; ++r) {
-    __builtin_memcpy(&tile[r][0], &acc[r][0], sizeof(V));
-    __builtin_memcpy(&tile[r][L], &acc[r][1], sizeof(V));
+  if (rows == MR && cols == NV * L && alpha == T(1) && (beta == T(0) || beta == T(1))) {
+    // full tile, plain store or accumulate: straight from the registers
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) {
+        T* out = c + r * ldc + v * L;
+        Simd<T>::store(out, beta == T(1) ? Simd<T>::add(Simd<T>::load(out), acc[r][v]) : acc[r][v]);
+      }
+    return;
   }
-  store_tile<T, MR, 2 * L>(tile, c, ldc, rows, cols, alpha, beta);
+  T tile[MR][NV * L];
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) Simd<T>::store(&tile[r][v * L], acc[r][v]);
+  store_tile<T, MR, NV * L>(tile, c, ldc, rows, cols, alpha, beta);
 }
 
-#if defined(__AVX2__) && defined(__FMA__)
-// 6 x 16 floats / 6 x 8 doubles in 12 ymm accumulators: two B loads and six broadcasts
-// feed twelve FMAs per step of k, which keeps both FMA ports of a Zen 3 / Skylake core busy.
-#define MAML_MICRO_KERNEL(T, VEC, LOAD, BROADCAST, FMA, STORE, ZERO, LANES, ADD, STOREU)                                        \
-  template <>                                                                                                        \
-  inline void micro_kernel<T>(int k, const T* __restrict a, const T* __restrict b, T* c, std::ptrdiff_t ldc,        \
-                              int rows, int cols, T alpha, T beta) {                                                 \
-    VEC c00 = ZERO(), c01 = ZERO(), c10 = ZERO(), c11 = ZERO(), c20 = ZERO(), c21 = ZERO();                          \
-    VEC c30 = ZERO(), c31 = ZERO(), c40 = ZERO(), c41 = ZERO(), c50 = ZERO(), c51 = ZERO();                          \
-    for (int p = 0; p < k; ++p) {                                                                                    \
-      const VEC b0 = LOAD(b), b1 = LOAD(b + LANES);                                                                  \
-      VEC ar = BROADCAST(a + 0);                                                                                     \
-      c00 = FMA(ar, b0, c00); c01 = FMA(ar, b1, c01);                                                                \
-      ar = BROADCAST(a + 1); c10 = FMA(ar, b0, c10); c11 = FMA(ar, b1, c11);                                         \
-      ar = BROADCAST(a + 2); c20 = FMA(ar, b0, c20); c21 = FMA(ar, b1, c21);                                         \
-      ar = BROADCAST(a + 3); c30 = FMA(ar, b0, c30); c31 = FMA(ar, b1, c31);                                         \
-      ar = BROADCAST(a + 4); c40 = FMA(ar, b0, c40); c41 = FMA(ar, b1, c41);                                         \
-      ar = BROADCAST(a + 5); c50 = FMA(ar, b0, c50); c51 = FMA(ar, b1, c51);                                         \
-      a += 6;                                                                                                        \
-      b += 2 * LANES;                                                                                                \
-    }                                                                                                                \
-    if (rows == 6 && cols == 2 * LANES && alpha == T(1) && (beta == T(0) || beta == T(1))) {                          \
-      /* full tile, plain store or accumulate: straight from the registers */                                      \
-      VEC* acc[12] = {&c00, &c01, &c10, &c11, &c20, &c21, &c30, &c31, &c40, &c41, &c50, &c51};                       \
-      for (int r = 0; r < 6; ++r)                                                                                    \
-        for (int h = 0; h < 2; ++h) {                                                                                \
-          T* out = c + r * ldc + h * LANES;                                                                          \
-          VEC value = *acc[2 * r + h];                                                                               \
-          if (beta == T(1)) value = ADD(LOAD(out), value);                                                           \
-          STOREU(out, value);                                                                                        \
-        }                                                                                                            \
-      return;                                                                                                        \
-    }                                                                                                                \
-    alignas(32) T tile[6][2 * LANES];                                                                                \
-    STORE(tile[0], c00); STORE(tile[0] + LANES, c01); STORE(tile[1], c10); STORE(tile[1] + LANES, c11);              \
-    STORE(tile[2], c20); STORE(tile[2] + LANES, c21); STORE(tile[3], c30); STORE(tile[3] + LANES, c31);              \
-    STORE(tile[4], c40); STORE(tile[4] + LANES, c41); STORE(tile[5], c50); STORE(tile[5] + LANES, c51);              \
-    store_tile<T, 6, 2 * LANES>(tile, c, ldc, rows, cols, alpha, beta);                                              \
-  }
-MAML_MICRO_KERNEL(float, __m256, _mm256_loadu_ps, _mm256_broadcast_ss, _mm256_fmadd_ps, _mm256_store_ps, _mm256_setzero_ps, 8,
-                  _mm256_add_ps, _mm256_storeu_ps)
-MAML_MICRO_KERNEL(double, __m256d, _mm256_loadu_pd, _mm256_broadcast_sd, _mm256_fmadd_pd, _mm256_store_pd, _mm256_setzero_pd, 4,
-                  _mm256_add_pd, _mm256_storeu_pd)
-#undef MAML_MICRO_KERNEL
-#endif
-
 template <class T>
-struct PackBuffers {
-  std::vector<T> a, b;
-};
-
-template <class T>
-PackBuffers<T>& thread_pack_buffers() {
-  thread_local PackBuffers<T> buffers;
-  return buffers;
+std::vector<T>& thread_pack_buffer(int slot) {
+  thread_local std::vector<T> buffers[2];
+  return buffers[slot];
 }
+
+template <class T>
+T* pack_buffer(int slot, size_t size) {
+  std::vector<T>& v = thread_pack_buffer<T>(slot);
+  if (v.size() < size) v.resize(size);
+  return v.data();
+}
+
+inline int round_up(int x, int multiple) { return (x + multiple - 1) / multiple * multiple; }
+
+// Packed A, whole matrix: for each depth block [p0, p0 + kc), all row slivers, so block
+// (p0, i0) starts at p0 * round_up(m, MR) + i0 * kc.
+template <class T, class S>
+void pack_a_all(int m, int k, const T* a, MatrixView av, T* packed) {
+  const int blocks = depth_blocks(k), m_padded = round_up(m, S::MR);
+  for (int pb = 0; pb < blocks; ++pb) {
+    const int p0 = depth_begin(pb, blocks, k), kc = depth_begin(pb + 1, blocks, k) - p0;
+    pack_a<T, S::MR>(m, kc, a + p0 * av.col_stride, av, packed + size_t(p0) * m_padded);
+  }
+}
+
+// packed_a: A already packed by pack_a_all (then a and av are unused), or null.
+template <class T, class S>
+void gemm_tiled(int m, int n, int k, T alpha, const T* a, MatrixView av, const T* packed_a, const T* b, MatrixView bv,
+                T beta, T* c, std::ptrdiff_t ldc) {
+  constexpr int MR = S::MR, NR = S::NR;
+  const int blocks = depth_blocks(k), m_padded = round_up(m, MR);
+  T* b_buffer = pack_buffer<T>(0, size_t(NC + NR) * KC_MAX);
+  T* a_buffer = packed_a ? nullptr : pack_buffer<T>(1, size_t(MC + MR) * KC_MAX);
+  for (int j0 = 0; j0 < n; j0 += NC) {
+    const int nc = std::min(NC, n - j0);
+    for (int pb = 0; pb < blocks; ++pb) {
+      const int p0 = depth_begin(pb, blocks, k), kc = depth_begin(pb + 1, blocks, k) - p0;
+      const T step_beta = pb == 0 ? beta : T(1);
+      pack_b<T, NR>(kc, nc, b + p0 * bv.row_stride + j0 * bv.col_stride, bv, b_buffer);
+      for (int i0 = 0; i0 < m; i0 += MC) {
+        const int mc = std::min(MC, m - i0);
+        const T* a_block;
+        if (packed_a) {
+          a_block = packed_a + size_t(p0) * m_padded + size_t(i0) * kc;
+        } else {
+          pack_a<T, MR>(mc, kc, a + i0 * av.row_stride + p0 * av.col_stride, av, a_buffer);
+          a_block = a_buffer;
+        }
+        for (int jr = 0; jr < nc; jr += NR) {
+          const int cols = std::min(NR, nc - jr);
+          for (int ir = 0; ir < mc; ir += MR) {
+            micro_kernel<T, S>(kc, a_block + ir * kc, b_buffer + jr * kc, c + (i0 + ir) * ldc + j0 + jr, ldc,
+                               std::min(MR, mc - ir), cols, alpha, step_beta);
+          }
+        }
+      }
+    }
+  }
+}
+
+template <class T>
+using TallTile = Tile<T, 6, 2>;
+template <class T>
+using WideTile = Tile<T, 4, 3>;
 
 }  // namespace gemm_detail
+
+// The tile shape for an m x n product: the one with less padding (ties: tall).
+template <class T>
+gemm_detail::TileShape gemm_tile_shape(int m, int n) {
+  using namespace gemm_detail;
+  const auto padded = [&](int mr, int nr) { return int64_t(round_up(m, mr)) * round_up(n, nr); };
+  return padded(WideTile<T>::MR, WideTile<T>::NR) < padded(TallTile<T>::MR, TallTile<T>::NR) ? TileShape::wide
+                                                                                               : TileShape::tall;
+}
+
+// Elements pack_a_matrix writes for an m x k A.
+template <class T>
+size_t packed_a_size(gemm_detail::TileShape shape, int m, int k) {
+  using namespace gemm_detail;
+  return size_t(round_up(m, shape == TileShape::wide ? WideTile<T>::MR : TallTile<T>::MR)) * k;
+}
+
+template <class T>
+void pack_a_matrix(gemm_detail::TileShape shape, int m, int k, const T* a, MatrixView av, T* packed) {
+  using namespace gemm_detail;
+  if (shape == TileShape::wide)
+    pack_a_all<T, WideTile<T>>(m, k, a, av, packed);
+  else
+    pack_a_all<T, TallTile<T>>(m, k, a, av, packed);
+}
+
+// C = alpha * A B + beta * C with A packed by pack_a_matrix for the same shape, m and k.
+template <class T>
+void gemm_packed(gemm_detail::TileShape shape, int m, int n, int k, T alpha, const T* packed_a, const T* b,
+                 MatrixView bv, T beta, T* c, std::ptrdiff_t ldc) {
+  using namespace gemm_detail;
+  if (m <= 0 || n <= 0 || k <= 0) return;  // callers of the packed form always have k > 0
+  if (shape == TileShape::wide)
+    gemm_tiled<T, WideTile<T>>(m, n, k, alpha, nullptr, {0, 0}, packed_a, b, bv, beta, c, ldc);
+  else
+    gemm_tiled<T, TallTile<T>>(m, n, k, alpha, nullptr, {0, 0}, packed_a, b, bv, beta, c, ldc);
+}
 
 // C[m x n] (row-major, leading dimension ldc) = alpha * A[m x k] B[k x n] + beta * C.
 template <class T>
 void gemm(int m, int n, int k, T alpha, const T* a, MatrixView av, const T* b, MatrixView bv, T beta, T* c,
           std::ptrdiff_t ldc) {
   using namespace gemm_detail;
-  using K = Kernel<T>;
   if (m <= 0 || n <= 0) return;
   if (k <= 0) {
     for (int i = 0; i < m; ++i)
       for (int j = 0; j < n; ++j) c[i * ldc + j] = beta == T(0) ? T(0) : beta * c[i * ldc + j];
     return;
   }
-  PackBuffers<T>& buf = thread_pack_buffers<T>();
-  buf.a.resize(static_cast<size_t>(K::MC + K::MR) * K::KC);
-  buf.b.resize(static_cast<size_t>(K::NC + K::NR) * K::KC);
-  for (int j0 = 0; j0 < n; j0 += K::NC) {
-    const int nc = std::min(K::NC, n - j0);
-    for (int p0 = 0; p0 < k; p0 += K::KC) {
-      const int kc = std::min(K::KC, k - p0);
-      const T step_beta = p0 == 0 ? beta : T(1);
-      pack_b(kc, nc, b + p0 * bv.row_stride + j0 * bv.col_stride, bv, buf.b.data());
-      for (int i0 = 0; i0 < m; i0 += K::MC) {
-        const int mc = std::min(K::MC, m - i0);
-        pack_a(mc, kc, a + i0 * av.row_stride + p0 * av.col_stride, av, buf.a.data());
-        for (int jr = 0; jr < nc; jr += K::NR) {
-          const int cols = std::min(K::NR, nc - jr);
-          for (int ir = 0; ir < mc; ir += K::MR) {
-            const int rows = std::min(K::MR, mc - ir);
-            micro_kernel<T>(kc, buf.a.data() + ir * kc, buf.b.data() + jr * kc, c + (i0 + ir) * ldc + j0 + jr, ldc,
-                            rows, cols, alpha, step_beta);
-          }
-        }
-      }
-    }
-  }
+  if (gemm_tile_shape<T>(m, n) == TileShape::wide)
+    gemm_tiled<T, WideTile<T>>(m, n, k, alpha, a, av, nullptr, b, bv, beta, c, ldc);
+  else
+    gemm_tiled<T, TallTile<T>>(m, n, k, alpha, a, av, nullptr, b, bv, beta, c, ldc);
 }
 
 // The plain triple loop: the reference every fast path is checked against.
