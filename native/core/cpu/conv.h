@@ -68,10 +68,103 @@ void for_each_run(const ConvGeometry& g, int64_t first, int64_t count, Visit vis
   }
 }
 
+// Small planes (omniglot's stride-2 layers have output rows of 14, 7, 4 and 2) spend more
+// time on the row-segment bounds below than on copying. There each input plane is copied
+// once into a zero-bordered buffer, and the nine shifted views of it are read (im2col) or
+// added into (col2im) through a table of offsets: no bounds at all in the inner loops.
+struct BorderedPlanes {
+  ConvGeometry g{};
+  int rows = 0, cols = 0;        // of the bordered plane: rows r <-> input row r - pad_top
+  std::vector<int32_t> offsets;  // [9][out_plane]: (oy*s + ky) * cols + ox*s + kx
+};
+
+inline bool use_bordered_planes(const ConvGeometry& g) { return g.ow <= 16; }
+
+inline bool same_geometry(const ConvGeometry& a, const ConvGeometry& b) {
+  return a.cin == b.cin && a.h == b.h && a.w == b.w && a.cout == b.cout && a.oh == b.oh && a.ow == b.ow &&
+         a.stride == b.stride && a.pad_top == b.pad_top && a.pad_left == b.pad_left;
+}
+
+// The calling thread's table for g, rebuilt when the layer changes (9 * out_plane ints).
+inline const BorderedPlanes& bordered_planes(const ConvGeometry& g) {
+  thread_local BorderedPlanes b;
+  if (!b.offsets.empty() && same_geometry(b.g, g)) return b;
+  b.g = g;
+  b.rows = (g.oh - 1) * g.stride + 3;
+  b.cols = (g.ow - 1) * g.stride + 3;
+  b.offsets.resize(size_t(9) * g.out_plane());
+  for (int k = 0; k < 9; ++k)
+    for (int oy = 0; oy < g.oh; ++oy)
+      for (int ox = 0; ox < g.ow; ++ox)
+        b.offsets[k * g.out_plane() + oy * g.ow + ox] = (oy * g.stride + k / 3) * b.cols + ox * g.stride + k % 3;
+  return b;
+}
+
+// bordered = the plane with pad_top/pad_left rows/columns of zeros before it (and zeros
+// wherever the bordered plane reaches past it).
+template <class T>
+void copy_into_border(const ConvGeometry& g, const BorderedPlanes& b, const T* plane, T* bordered) {
+  for (int r = 0; r < b.rows; ++r) {
+    T* out = bordered + r * b.cols;
+    const int iy = r - g.pad_top;
+    if (iy < 0 || iy >= g.h) {
+      std::fill(out, out + b.cols, T(0));
+      continue;
+    }
+    const int lo = std::min(g.pad_left, b.cols), hi = std::min(b.cols, g.pad_left + g.w);
+    std::fill(out, out + lo, T(0));
+    std::copy(plane + iy * g.w, plane + iy * g.w + (hi - lo), out + lo);
+    std::fill(out + hi, out + b.cols, T(0));
+  }
+}
+
+template <class T>
+void im2col_bordered(const ConvGeometry& g, const T* x, int64_t first, int64_t count, T* col, int64_t ld) {
+  const BorderedPlanes& b = bordered_planes(g);
+  thread_local std::vector<T> storage;
+  storage.resize(size_t(b.rows) * b.cols);
+  T* bordered = storage.data();
+  for (int ci = 0; ci < g.cin; ++ci) {
+    copy_into_border(g, b, x + ci * g.in_plane(), bordered);
+    for (int k = 0; k < 9; ++k) {
+      const int32_t* offset = b.offsets.data() + k * g.out_plane() + first;
+      T* row = col + int64_t(ci * 9 + k) * ld;
+      for (int64_t j = 0; j < count; ++j) row[j] = bordered[offset[j]];
+    }
+  }
+}
+
+template <class T>
+void col2im_bordered(const ConvGeometry& g, const T* col, int64_t ld, int c0, int c1, int64_t first, int64_t count,
+                     T* x) {
+  const BorderedPlanes& b = bordered_planes(g);
+  thread_local std::vector<T> storage;
+  storage.resize(size_t(b.rows) * b.cols);
+  T* bordered = storage.data();
+  for (int ci = c0; ci < c1; ++ci) {
+    std::fill(bordered, bordered + size_t(b.rows) * b.cols, T(0));
+    for (int k = 0; k < 9; ++k) {
+      const int32_t* offset = b.offsets.data() + k * g.out_plane() + first;
+      const T* row = col + int64_t((ci - c0) * 9 + k) * ld;
+      for (int64_t j = 0; j < count; ++j) bordered[offset[j]] += row[j];
+    }
+    // the border collected what fell on padding: only the plane itself goes back
+    T* plane = x + ci * g.in_plane();
+    for (int iy = 0; iy < g.h; ++iy) {
+      const int r = iy + g.pad_top;
+      if (r >= b.rows) break;
+      const int hi = std::min(g.w, b.cols - g.pad_left);
+      const T* in = bordered + r * b.cols + g.pad_left;
+      for (int ix = 0; ix < hi; ++ix) plane[iy * g.w + ix] += in[ix];
+    }
+  }
+}
+
 // col[(ci*9 + ky*3 + kx) * ld + offset + j] = x[ci, oy*s + ky - pt, ox*s + kx - pl] for the
 // output positions [first, first + count) of one example (row-major over oy, ox).
 template <class T>
 void im2col(const ConvGeometry& g, const T* x, int64_t first, int64_t count, T* col, int64_t ld) {
+  if (use_bordered_planes(g)) return im2col_bordered(g, x, first, count, col, ld);
   for (int ci = 0; ci < g.cin; ++ci) {
     const T* plane = x + ci * g.in_plane();
     for (int ky = 0; ky < 3; ++ky)
@@ -112,6 +205,7 @@ void im2col(const ConvGeometry& g, const T* x, int64_t first, int64_t count, T* 
 // positions [first, first + count) of one example (same row-segment walk as im2col).
 template <class T>
 void col2im_add(const ConvGeometry& g, const T* col, int64_t ld, int c0, int c1, int64_t first, int64_t count, T* x) {
+  if (use_bordered_planes(g)) return col2im_bordered(g, col, ld, c0, c1, first, count, x);
   for (int ci = c0; ci < c1; ++ci) {
     T* plane = x + ci * g.in_plane();
     for (int ky = 0; ky < 3; ++ky)

@@ -69,7 +69,10 @@ static Vec conv_direct(const ConvGeometry& g, const Vec& x, const Vec& w, const 
 TEST(conv_forward_and_gradients_match_direct_convolution_and_finite_differences) {
   struct Case { int h, stride; Padding padding; };
   for (Case c : {Case{7, 2, Padding::TensorFlowSame}, Case{8, 2, Padding::TensorFlowSame}, Case{8, 2, Padding::Symmetric},
-                 Case{5, 1, Padding::TensorFlowSame}, Case{6, 1, Padding::Symmetric}}) {
+                 Case{5, 1, Padding::TensorFlowSame}, Case{6, 1, Padding::Symmetric},
+                 // output rows over 16: the row-segment im2col/col2im instead of the bordered planes
+                 Case{20, 1, Padding::TensorFlowSame}, Case{34, 2, Padding::TensorFlowSame},
+                 Case{35, 2, Padding::Symmetric}}) {
     ConvGeometry g{2, c.h, c.h, 3, 0, 0, c.stride, 0, 0};
     conv_geometry(c.h, c.stride, c.padding, &g.oh, &g.pad_top);
     conv_geometry(c.h, c.stride, c.padding, &g.ow, &g.pad_left);
