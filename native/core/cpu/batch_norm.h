@@ -14,34 +14,44 @@
 
 namespace maml {
 
-// Sums of per-position terms in 8 interleaved partial sums, one vector register wide:
-// a single running sum is a chain of dependent adds the compiler may not reorder. The
-// order is fixed, so results never depend on threads. term(i, sums) adds position i's
-// terms into sums[0..S) (S sums at once, so one pass serves several statistics).
+// Sums of per-position terms in interleaved partial sums, one vector wide: a single
+// running sum is a chain of dependent adds the compiler may not reorder. The order is
+// fixed, so results never depend on threads. term(load, sums) adds one position's terms
+// into sums[0..S) (S sums at once, so one pass serves several statistics); load(p) reads
+// p at that position. The term is a generic lambda run on vectors (GCC vector
+// extensions, so "vector - scalar" works) and on scalars for the tail: the body is
+// written once and the vector loop needs no shuffles to regroup lanes.
 template <class T, int S, class Term>
 inline void lane_sums(int64_t count, T (&out)[S], Term term) {
-  constexpr int L = 8;
-  T lanes[S][L] = {};
+  constexpr int L = 32 / sizeof(T);  // one AVX register: 8 floats, 4 doubles
+  typedef T V __attribute__((vector_size(32)));
+  V lanes[S];
+  for (int k = 0; k < S; ++k) lanes[k] = V{};
   int64_t i = 0;
+  const auto load_vector = [&](const T* p) {
+    V v;
+    __builtin_memcpy(&v, p + i, sizeof(V));
+    return v;
+  };
   for (; i + L <= count; i += L) {
-    T block[S][L];
-    for (int l = 0; l < L; ++l) {
-      T terms[S];
-      term(i + l, terms);
-      for (int k = 0; k < S; ++k) block[k][l] = terms[k];
-    }
-    for (int k = 0; k < S; ++k)
-      for (int l = 0; l < L; ++l) lanes[k][l] += block[k][l];
+    V terms[S];
+    term(load_vector, terms);
+    for (int k = 0; k < S; ++k) lanes[k] += terms[k];
   }
   T tail[S] = {};
+  const auto load_scalar = [&](const T* p) { return p[i]; };
   for (; i < count; ++i) {
     T terms[S];
-    term(i, terms);
+    term(load_scalar, terms);
     for (int k = 0; k < S; ++k) tail[k] += terms[k];
   }
-  for (int k = 0; k < S; ++k)
-    out[k] += ((lanes[k][0] + lanes[k][1]) + (lanes[k][2] + lanes[k][3])) +
-              ((lanes[k][4] + lanes[k][5]) + (lanes[k][6] + lanes[k][7])) + tail[k];
+  for (int k = 0; k < S; ++k) {
+    T lane[L];
+    __builtin_memcpy(lane, &lanes[k], sizeof(V));
+    for (int width = L / 2; width > 0; width /= 2)  // pairwise, in a fixed order
+      for (int l = 0; l < width; ++l) lane[l] += lane[l + width];
+    out[k] += lane[0] + tail[k];
+  }
 }
 
 template <class T>
@@ -78,13 +88,13 @@ void batch_norm_forward(const BatchNormShape& s, T epsilon, const T* x, const T*
     T sum[1] = {0};
     for (int n = 0; n < s.batch; ++n) {
       const T* p = x + s.at(task, n, c);
-      lane_sums<T, 1>(s.plane, sum, [&](int64_t i, T* t) { t[0] = p[i]; });
+      lane_sums<T, 1>(s.plane, sum, [&](auto load, auto* t) { t[0] = load(p); });
     }
     const T mean = sum[0] * inv_m;
     T squares[1] = {0};
     for (int n = 0; n < s.batch; ++n) {
       const T* p = x + s.at(task, n, c);
-      lane_sums<T, 1>(s.plane, squares, [&](int64_t i, T* t) { t[0] = (p[i] - mean) * (p[i] - mean); });
+      lane_sums<T, 1>(s.plane, squares, [&](auto load, auto* t) { t[0] = (load(p) - mean) * (load(p) - mean); });
     }
     const T inv_std = T(1) / std::sqrt(squares[0] * inv_m + epsilon);
     stats.mean[unit] = mean;
@@ -101,9 +111,9 @@ void batch_norm_forward(const BatchNormShape& s, T epsilon, const T* x, const T*
     for (int n = 0; n < s.batch; ++n) {
       const T* p = x + s.at(task, n, c);
       const T* t = x_tangent + s.at(task, n, c);
-      lane_sums<T, 2>(s.plane, tangent_sums, [&](int64_t i, T* out) {
-        out[0] = t[i];
-        out[1] = (p[i] - mean) * inv_std * t[i];
+      lane_sums<T, 2>(s.plane, tangent_sums, [&](auto load, auto* out) {
+        out[0] = load(t);
+        out[1] = (load(p) - mean) * inv_std * load(t);
       });
     }
     const T tangent_mean = tangent_sums[0] * inv_m, tangent_xhat_mean = tangent_sums[1] * inv_m;
@@ -150,18 +160,18 @@ void batch_norm_backward(const BatchNormShape& s, const T* x, const T* const* ga
     for (int n = 0; n < s.batch; ++n) {
       const int64_t o = s.at(task, n, c);
       const T *xs = x + o, *yg = y_grad + o;
-      lane_sums<T, 2>(s.plane, sums, [&](int64_t i, T* out) {
-        out[0] = yg[i];
-        out[1] = yg[i] * (xs[i] - mean) * inv_std;
+      lane_sums<T, 2>(s.plane, sums, [&](auto load, auto* out) {
+        out[0] = load(yg);
+        out[1] = load(yg) * (load(xs) - mean) * inv_std;
       });
       if (!tangent) continue;
       const T *xt = x_tangent + o, *ygt = y_grad_tangent + o;
-      lane_sums<T, 3>(s.plane, tangent_sums, [&](int64_t i, T* out) {
-        const T x_hat = (xs[i] - mean) * inv_std;
-        const T x_hat_t = inv_std * (xt[i] - t_mean - x_hat * t_xhat_mean);
-        out[0] = ygt[i];
-        out[1] = ygt[i] * x_hat;
-        out[2] = yg[i] * x_hat_t;
+      lane_sums<T, 3>(s.plane, tangent_sums, [&](auto load, auto* out) {
+        const auto x_hat = (load(xs) - mean) * inv_std;
+        const auto x_hat_t = inv_std * (load(xt) - t_mean - x_hat * t_xhat_mean);
+        out[0] = load(ygt);
+        out[1] = load(ygt) * x_hat;
+        out[2] = load(yg) * x_hat_t;
       });
     }
     const T sum_grad = sums[0], sum_grad_xhat = sums[1];
@@ -179,18 +189,26 @@ void batch_norm_backward(const BatchNormShape& s, const T* x, const T* const* ga
     const T a_t = (g_dot * sum_grad + g * sum_grad_t) * inv_m;
     const T b_t = (g_dot * sum_grad_xhat + g * sum_grad_t_xhat + g * sum_grad_xhat_t) * inv_m;
     const T s_t_over_s = -inv_std * t_xhat_mean;  // s' / s = -s mean(x_hat x')
+    // two loops, not one with a branch inside, so that each vectorises
     for (int n = 0; n < s.batch; ++n) {
       const int64_t o = s.at(task, n, c);
+      const T* __restrict xs = x + o;
+      const T* __restrict yg = y_grad + o;
+      T* __restrict xg = x_grad + o;
+      if (!tangent) {
+        for (int64_t i = 0; i < s.plane; ++i) xg[i] = inv_std * (g * yg[i] - a - (xs[i] - mean) * inv_std * b);
+        continue;
+      }
+      const T* __restrict xt = x_tangent + o;
+      const T* __restrict ygt = y_grad_tangent + o;
+      T* __restrict xgt = x_grad_tangent + o;
       for (int64_t i = 0; i < s.plane; ++i) {
-        const T x_hat = (x[o + i] - mean) * inv_std;
-        const T gi = g * y_grad[o + i];
-        const T xg = inv_std * (gi - a - x_hat * b);
-        x_grad[o + i] = xg;
-        if (tangent) {
-          const T x_hat_t = inv_std * (x_tangent[o + i] - t_mean - x_hat * t_xhat_mean);
-          const T gi_t = g_dot * y_grad[o + i] + g * y_grad_tangent[o + i];
-          x_grad_tangent[o + i] = s_t_over_s * xg + inv_std * (gi_t - a_t - x_hat_t * b - x_hat * b_t);
-        }
+        const T x_hat = (xs[i] - mean) * inv_std;
+        const T grad = inv_std * (g * yg[i] - a - x_hat * b);
+        const T x_hat_t = inv_std * (xt[i] - t_mean - x_hat * t_xhat_mean);
+        const T gi_t = g_dot * yg[i] + g * ygt[i];
+        xg[i] = grad;
+        xgt[i] = s_t_over_s * grad + inv_std * (gi_t - a_t - x_hat_t * b - x_hat * b_t);
       }
     }
   });
