@@ -1,6 +1,7 @@
 // One place that decides how work is spread over cores, so kernels stay readable and
 // the build works with or without OpenMP.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #ifdef _OPENMP
 #include <omp.h>
@@ -36,6 +37,15 @@ void parallel_for(int64_t count, Body body) {
   }
 #endif
   for (int64_t i = 0; i < count; ++i) body(i);
+}
+
+// Runs body(begin, end) over [0, size) in blocks of `block` elements, spread over the
+// threads: for the elementwise passes (ReLU, pooling) over whole activations, which
+// left one core idle while they ran serially.
+template <class Body>
+void parallel_ranges(int64_t size, int64_t block, Body body) {
+  const int64_t blocks = (size + block - 1) / block;
+  parallel_for(blocks, [&](int64_t b) { body(b * block, std::min(size, (b + 1) * block)); });
 }
 
 }  // namespace maml

@@ -12,15 +12,20 @@
 namespace maml {
 
 // ReLU works in place: the mask is read back from the output (y > 0 exactly where x > 0).
+constexpr int64_t kElementwiseBlock = 1 << 16;  // elements per thread unit: ~256 KiB of floats
+
 template <class T>
 void relu_forward(int64_t size, T* x) {
-  for (int64_t i = 0; i < size; ++i) x[i] = x[i] > T(0) ? x[i] : T(0);
+  parallel_ranges(size, kElementwiseBlock, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) x[i] = x[i] > T(0) ? x[i] : T(0);
+  });
 }
 // Tangent and reverse rule alike: v <- [y > 0] v.
 template <class T>
 void relu_mask(int64_t size, const T* y, T* v) {
-  for (int64_t i = 0; i < size; ++i)
-    if (!(y[i] > T(0))) v[i] = T(0);
+  parallel_ranges(size, kElementwiseBlock, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) v[i] = y[i] > T(0) ? v[i] : T(0);
+  });
 }
 
 // 2x2 windows, stride 2, no padding ('VALID'); ties go to the first maximum in
@@ -46,15 +51,18 @@ void max_pool_forward(int64_t planes, int h, int w, const T* x, T* y, int32_t* a
 template <class T>
 void max_pool_gather(int64_t planes, int h, int w, const T* x, const int32_t* argmax, T* y) {
   const int64_t out_plane = int64_t(h / 2) * (w / 2);
-  for (int64_t p = 0; p < planes; ++p)
+  parallel_for(planes, [&](int64_t p) {
     for (int64_t i = 0; i < out_plane; ++i) y[p * out_plane + i] = x[p * h * w + argmax[p * out_plane + i]];
+  });
 }
 template <class T>
 void max_pool_scatter(int64_t planes, int h, int w, const T* y_grad, const int32_t* argmax, T* x_grad) {
   const int64_t out_plane = int64_t(h / 2) * (w / 2);
-  std::fill(x_grad, x_grad + planes * h * w, T(0));
-  for (int64_t p = 0; p < planes; ++p)
-    for (int64_t i = 0; i < out_plane; ++i) x_grad[p * h * w + argmax[p * out_plane + i]] += y_grad[p * out_plane + i];
+  parallel_for(planes, [&](int64_t p) {
+    T* plane = x_grad + p * h * w;
+    std::fill(plane, plane + h * w, T(0));
+    for (int64_t i = 0; i < out_plane; ++i) plane[argmax[p * out_plane + i]] += y_grad[p * out_plane + i];
+  });
 }
 
 template <class T>
