@@ -18,6 +18,7 @@
 
 #include "gemm.h"
 #include "parallel.h"
+#include "reduce.h"
 
 namespace maml {
 
@@ -430,17 +431,14 @@ void conv_weight_grad(const ConvGeometry& g, int tasks, int batch, const T* x, c
     }
   }
   if (bias_grads) {
-    parallel_for(tasks, [&](int64_t task) {
+    parallel_for(int64_t(tasks) * g.cout, [&](int64_t unit) {
+      const int task = int(unit / g.cout), co = int(unit % g.cout);
       T* db = bias_grads[task];
       if (!db) return;
-      for (int co = 0; co < g.cout; ++co) {
-        T sum = accumulate ? db[co] : T(0);
-        for (int n = 0; n < batch; ++n) {
-          const T* plane = y_grad + (task * batch + n) * g.out_size() + co * g.out_plane();
-          for (int64_t j = 0; j < g.out_plane(); ++j) sum += plane[j];
-        }
-        db[co] = sum;
-      }
+      T sum = accumulate ? db[co] : T(0);
+      for (int n = 0; n < batch; ++n)
+        sum += vector_sum(g.out_plane(), y_grad + (int64_t(task) * batch + n) * g.out_size() + co * g.out_plane());
+      db[co] = sum;
     });
   }
 }

@@ -8,6 +8,7 @@
 
 #include "gemm.h"
 #include "parallel.h"
+#include "reduce.h"
 
 namespace maml {
 
@@ -67,11 +68,7 @@ void max_pool_scatter(int64_t planes, int h, int w, const T* y_grad, const int32
 
 template <class T>
 void spatial_mean_forward(int64_t planes, int64_t plane, const T* x, T* y) {
-  for (int64_t p = 0; p < planes; ++p) {
-    T sum = 0;
-    for (int64_t i = 0; i < plane; ++i) sum += x[p * plane + i];
-    y[p] = sum / T(plane);
-  }
+  parallel_for(planes, [&](int64_t p) { y[p] = vector_sum(plane, x + p * plane) / T(plane); });
 }
 template <class T>
 void spatial_mean_backward(int64_t planes, int64_t plane, const T* y_grad, T* x_grad) {
