@@ -5,6 +5,9 @@
 #pragma once
 #include <algorithm>
 #include <cstdint>
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
 
 #include "gemm.h"
 #include "parallel.h"
@@ -29,6 +32,59 @@ void relu_mask(int64_t size, const T* y, T* v) {
   });
 }
 
+// One output row of a 2x2 max pool from input rows top and top + w; `row` is top's offset in
+// its plane. Ties go to the first maximum in row-major window order.
+template <class T>
+inline void max_pool_row_scalar(const T* top, int32_t row, int w, int ox0, int ow, T* value, int32_t* at) {
+  for (int ox = ox0; ox < ow; ++ox) {
+    int best = 2 * ox;
+    const int candidates[3] = {best + 1, best + w, best + w + 1};
+    for (int c : candidates)
+      if (top[c] > top[best]) best = c;
+    value[ox] = top[best];
+    at[ox] = row + best;
+  }
+}
+template <class T>
+inline void max_pool_row(const T* top, int32_t row, int w, int ow, T* value, int32_t* at) {
+  max_pool_row_scalar(top, row, w, 0, ow, value, at);
+}
+#if defined(__AVX2__)
+// Eight outputs at a time: even/odd input columns split by shuffles, then three
+// compare-and-blend steps in the scalar order (strictly greater wins, so ties match).
+template <>
+inline void max_pool_row<float>(const float* top, int32_t row, int w, int ow, float* value, int32_t* at) {
+  const auto split = [](const float* p, __m256& even, __m256& odd) {
+    const __m256 a = _mm256_loadu_ps(p), b = _mm256_loadu_ps(p + 8);
+    even = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a, b, 0x88)), 0xD8));
+    odd = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a, b, 0xDD)), 0xD8));
+  };
+  const __m256i lane_offsets = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14);
+  int ox = 0;
+  for (; ox + 8 <= ow; ox += 8) {
+    __m256 a, b, c, d;
+    split(top + 2 * ox, a, b);
+    split(top + w + 2 * ox, c, d);
+    const __m256i base = _mm256_add_epi32(_mm256_set1_epi32(row + 2 * ox), lane_offsets);
+    __m256 best = a;
+    __m256i best_at = base;
+    const auto take = [&](__m256 candidate, int shift) {
+      const __m256 greater = _mm256_cmp_ps(candidate, best, _CMP_GT_OQ);
+      best = _mm256_blendv_ps(best, candidate, greater);
+      best_at = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(best_at),
+                                                     _mm256_castsi256_ps(_mm256_add_epi32(base, _mm256_set1_epi32(shift))),
+                                                     greater));
+    };
+    take(b, 1);
+    take(c, w);
+    take(d, w + 1);
+    _mm256_storeu_ps(value + ox, best);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(at + ox), best_at);
+  }
+  max_pool_row_scalar(top, row, w, ox, ow, value, at);
+}
+#endif
+
 // 2x2 windows, stride 2, no padding ('VALID'); ties go to the first maximum in
 // row-major window order, and the same index serves the tangent and reverse passes.
 template <class T>
@@ -39,14 +95,7 @@ void max_pool_forward(int64_t planes, int h, int w, const T* x, T* y, int32_t* a
     T* out = y + p * oh * ow;
     int32_t* index = argmax + p * oh * ow;
     for (int oy = 0; oy < oh; ++oy)
-      for (int ox = 0; ox < ow; ++ox) {
-        int best = (2 * oy) * w + 2 * ox;
-        const int candidates[3] = {best + 1, best + w, best + w + 1};
-        for (int c : candidates)
-          if (in[c] > in[best]) best = c;
-        out[oy * ow + ox] = in[best];
-        index[oy * ow + ox] = best;
-      }
+      max_pool_row(in + (2 * oy) * w, (2 * oy) * w, w, ow, out + oy * ow, index + oy * ow);
   });
 }
 template <class T>

@@ -255,6 +255,30 @@ TEST(max_pool_sends_ties_to_the_first_maximum_and_is_its_own_adjoint) {
   CHECK_CLOSE(dot(yg, yt), dot(xg, xt), 1e-14, 1e-14, "max pool adjoint");
 }
 
+// The float path compares eight windows at a time (AVX2 builds): same maxima and the
+// same first-maximum indices as the window-by-window definition, ties and odd sizes included.
+TEST(float_max_pool_matches_the_window_definition_with_ties) {
+  for (int h : {21, 42, 38}) {
+    const int w = h, oh = h / 2, ow = w / 2, planes = 3;
+    std::mt19937_64 rng(h);
+    std::vector<float> x(size_t(planes) * h * w);
+    for (float& v : x) v = float(int(rng() % 4));  // few distinct values: many ties
+    std::vector<float> y(size_t(planes) * oh * ow);
+    std::vector<int32_t> index(y.size());
+    max_pool_forward<float>(planes, h, w, x.data(), y.data(), index.data());
+    for (int p = 0; p < planes; ++p)
+      for (int oy = 0; oy < oh; ++oy)
+        for (int ox = 0; ox < ow; ++ox) {
+          const float* in = x.data() + size_t(p) * h * w;
+          int best = 2 * oy * w + 2 * ox;
+          for (int c : {best + 1, best + w, best + w + 1})
+            if (in[c] > in[best]) best = c;
+          const size_t o = (size_t(p) * oh + oy) * ow + ox;
+          CHECK(y[o] == in[best] && index[o] == best);
+        }
+  }
+}
+
 TEST(linear_and_spatial_mean_reverse_rules_are_adjoints_of_their_tangents) {
   std::mt19937_64 rng(5);
   const LinearShape s{2, 3, 4, 5};
