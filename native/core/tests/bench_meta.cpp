@@ -2,6 +2,8 @@
 // engine's workspace. Prints one JSON line per measurement. The TypeScript bench
 // (bench/order.ts, `maml-native bench order`) runs each setting through the addon in a
 // fresh process; this binary is the same measurement without Node, for profiling.
+// Each line also times the trainer's usual call (training_median_s): the same meta-gradient
+// without the pre-adaptation query pass, which the trainer runs on every 10th iteration.
 // Usage: maml_bench_meta [setting|all] [repeats]
 #include <algorithm>
 #include <chrono>
@@ -57,21 +59,31 @@ int main(int argc, char** argv) {
       loop.steps = s.steps;
       loop.step_sizes = {0.01};
       loop.second_order = order == 2;
-      std::vector<double> times;
+      // median seconds of `repeats` calls after one warm-up call (the first allocates)
       size_t workspace = 0;
-      for (int r = 0; r < repeats + 1; ++r) {
-        const auto start = std::chrono::steady_clock::now();
-        const auto result = learner.meta_gradient(theta.data(), batch, loop);
-        const double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-        if (r > 0) times.push_back(t);  // the first call allocates: warm-up
-        workspace = result.workspace_bytes;
-      }
-      std::sort(times.begin(), times.end());
-      const double median = times[times.size() / 2];
+      auto time_calls = [&](std::vector<double>& times) {
+        times.clear();
+        for (int r = 0; r < repeats + 1; ++r) {
+          const auto start = std::chrono::steady_clock::now();
+          const auto result = learner.meta_gradient(theta.data(), batch, loop);
+          const double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+          if (r > 0) times.push_back(t);
+          workspace = result.workspace_bytes;
+        }
+        std::sort(times.begin(), times.end());
+        return times[times.size() / 2];
+      };
+      std::vector<double> times, training_times;
+      const double median = time_calls(times);
+      // what the trainer runs on 9 iterations of 10: no pre-adaptation query pass
+      loop.measure_before = false;
+      const double training_median = time_calls(training_times);
       const double flops = meta_gradient_flops(arch, s.tasks, support, query, s.steps, order == 2);
-      std::printf("{\"setting\": \"%s\", \"order\": %d, \"median_s\": %.4f, \"min_s\": %.4f, \"max_s\": %.4f, \"gflop\": %.3f, \"gflops\": %.1f, \"workspace_mib\": %.1f}\n",
-                  s.name, order, median, times.front(), times.back(), flops / 1e9, flops / median / 1e9,
-                  workspace / 1048576.0);
+      const double training_flops = meta_gradient_flops(arch, s.tasks, support, query, s.steps, order == 2, false);
+      std::printf("{\"setting\": \"%s\", \"order\": %d, \"median_s\": %.4f, \"min_s\": %.4f, \"max_s\": %.4f, \"gflop\": %.3f, \"gflops\": %.1f, "
+                  "\"training_median_s\": %.4f, \"training_gflops\": %.1f, \"workspace_mib\": %.1f}\n",
+                  s.name, order, median, times.front(), times.back(), flops / 1e9, flops / median / 1e9, training_median,
+                  training_flops / training_median / 1e9, workspace / 1048576.0);
       std::fflush(stdout);
     }
   }
