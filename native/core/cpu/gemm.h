@@ -207,10 +207,12 @@ inline void store_tile(const T (&tile)[MR][NR], T* c, std::ptrdiff_t ldc, int ro
 
 // acc(MR x NR) = sum_p a_sliver[p] (outer) b_sliver[p]; then C tile = alpha acc + beta C.
 // Per step of k: NV loads of B, MR broadcasts of A, MR * NV = 12 FMAs, enough independent
-// accumulators to keep both FMA ports of a Zen 3 / Skylake core busy.
+// accumulators to keep both FMA ports of a Zen 3 / Skylake core busy. Never inlined:
+// inside a large caller (the weight gradient's lambda) GCC spilled the B vectors to the
+// stack on every step, 17% slower; a call per MR x NR tile costs nothing beside k steps.
 template <class T, class S>
-inline void micro_kernel(int k, const T* __restrict a, const T* __restrict b, T* c, std::ptrdiff_t ldc, int rows,
-                         int cols, T alpha, T beta) {
+__attribute__((noinline)) void micro_kernel(int k, const T* __restrict a, const T* __restrict b, T* c,
+                                            std::ptrdiff_t ldc, int rows, int cols, T alpha, T beta) {
   using V = typename Simd<T>::V;
   constexpr int MR = S::MR, NV = S::NV, L = Simd<T>::lanes;
   V acc[MR][NV];
