@@ -16,6 +16,7 @@
 #include <cstring>
 #include <vector>
 
+#include "conv_direct.h"
 #include "gemm.h"
 #include "parallel.h"
 #include "reduce.h"
@@ -301,11 +302,25 @@ const T* pack_forward_weights(const ConvGeometry& g, int tasks, const T* const* 
 
 }  // namespace conv_detail
 
-// columns (optional): filled with im2col(x) on first use, read back afterwards.
+// columns (optional): filled with im2col(x) on first use, read back afterwards; unused
+// by direct layers (conv_is_direct).
 template <class T>
 void conv_forward(const ConvGeometry& g, int tasks, int batch, const T* x, const T* const* weights,
                   const T* const* biases, T* y, bool accumulate, ColumnStore<T>* columns_store = nullptr) {
   using namespace conv_detail;
+#if defined(__AVX2__) && defined(__FMA__)
+  if constexpr (std::is_same<T, float>::value) {
+    if (conv_is_direct<T>(g)) {
+      parallel_for(int64_t(tasks) * batch, [&](int64_t unit) {
+        const int task = int(unit / batch);
+        thread_local direct_conv::Bordered bordered;
+        direct_conv::forward_example(g, x + unit * g.in_size(), weights[task], biases ? biases[task] : nullptr,
+                                     accumulate, y + unit * g.out_size(), bordered);
+      });
+      return;
+    }
+  }
+#endif
   const int chunk = column_chunk(g);
   const int64_t columns = int64_t(batch) * g.out_plane();
   const int64_t chunks = (columns + chunk - 1) / chunk;
@@ -376,6 +391,22 @@ void conv_input_grad(const ConvGeometry& g, int tasks, int batch, const T* y_gra
   });
 }
 
+// b_grad[task][co] (+)= sum of y_grad over the task's examples and positions.
+template <class T>
+void conv_bias_grad(const ConvGeometry& g, int tasks, int batch, const T* y_grad, T* const* bias_grads, bool accumulate) {
+  if (bias_grads) {
+    parallel_for(int64_t(tasks) * g.cout, [&](int64_t unit) {
+      const int task = int(unit / g.cout), co = int(unit % g.cout);
+      T* db = bias_grads[task];
+      if (!db) return;
+      T sum = accumulate ? db[co] : T(0);
+      for (int n = 0; n < batch; ++n)
+        sum += vector_sum(g.out_plane(), y_grad + (int64_t(task) * batch + n) * g.out_size() + co * g.out_plane());
+      db[co] = sum;
+    });
+  }
+}
+
 // columns (optional): im2col(x) kept by conv_forward; used when filled.
 template <class T>
 void conv_weight_grad(const ConvGeometry& g, int tasks, int batch, const T* x, const T* y_grad, T* const* weight_grads,
@@ -386,6 +417,27 @@ void conv_weight_grad(const ConvGeometry& g, int tasks, int batch, const T* x, c
   const int64_t chunks = (columns + chunk - 1) / chunk;
   const int64_t weight_size = int64_t(g.cout) * g.depth();
   const int threads = thread_count();
+#if defined(__AVX2__) && defined(__FMA__)
+  if constexpr (std::is_same<T, float>::value) {
+    if (conv_is_direct<T>(g)) {
+      // units own four output channels of one task: their rows of dw, no races
+      const int blocks = g.cout / 4;
+      parallel_for(int64_t(tasks) * blocks, [&](int64_t unit) {
+        const int task = int(unit / blocks), co = int(unit % blocks) * 4;
+        T* dw = weight_grads[task];
+        if (!accumulate) std::fill(dw + int64_t(co) * g.depth(), dw + int64_t(co + 4) * g.depth(), T(0));
+        thread_local direct_conv::Bordered bordered;
+        for (int n = 0; n < batch; ++n) {
+          const int64_t example = int64_t(task) * batch + n;
+          bordered.fill(g, x + example * g.in_size());
+          direct_conv::weight_grad_example(g, bordered, y_grad + example * g.out_size(), co, dw);
+        }
+      });
+      conv_bias_grad(g, tasks, batch, y_grad, bias_grads, accumulate);
+      return;
+    }
+  }
+#endif
   // dw[cout, depth] += y_grad[cout, cols] col[depth, cols]^T over the column chunks of a task
   auto accumulate_chunk = [&](int task, int64_t first, T* dw) {
     const int cols = int(std::min<int64_t>(chunk, columns - first));
@@ -430,17 +482,7 @@ void conv_weight_grad(const ConvGeometry& g, int tasks, int batch, const T* x, c
       }
     }
   }
-  if (bias_grads) {
-    parallel_for(int64_t(tasks) * g.cout, [&](int64_t unit) {
-      const int task = int(unit / g.cout), co = int(unit % g.cout);
-      T* db = bias_grads[task];
-      if (!db) return;
-      T sum = accumulate ? db[co] : T(0);
-      for (int n = 0; n < batch; ++n)
-        sum += vector_sum(g.out_plane(), y_grad + (int64_t(task) * batch + n) * g.out_size() + co * g.out_plane());
-      db[co] = sum;
-    });
-  }
+  conv_bias_grad(g, tasks, batch, y_grad, bias_grads, accumulate);
 }
 
 }  // namespace maml
