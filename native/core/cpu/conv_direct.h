@@ -122,9 +122,11 @@ void forward_example(const G& g, const float* x, const float* w, const float* bi
     for (int oy = 0; oy < g.oh; ++oy) {
       int ox = 0;
       for (; ox + 24 <= g.ow; ox += 24) forward_tile<3>(in, g.cin, wc, oy, ox, 8, bc, accumulate, yc, out_plane, g.ow);
-      // the rest in one tile of two vectors or one (fewer accumulators: shorter but rarer)
+      // the rest in one tile of three, two or one vectors
       const int rest = g.ow - ox;
-      if (rest > 8)
+      if (rest > 16)
+        forward_tile<3>(in, g.cin, wc, oy, ox, rest - 16, bc, accumulate, yc, out_plane, g.ow);
+      else if (rest > 8)
         forward_tile<2>(in, g.cin, wc, oy, ox, rest - 8, bc, accumulate, yc, out_plane, g.ow);
       else if (rest > 0)
         forward_tile<1>(in, g.cin, wc, oy, ox, rest, bc, accumulate, yc, out_plane, g.ow);
