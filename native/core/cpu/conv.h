@@ -272,17 +272,10 @@ void im2col_columns(const ConvGeometry& g, const T* x_task, int64_t first, int64
   });
 }
 
-template <class T>
-std::vector<T>& thread_scratch(int slot) {
-  thread_local std::vector<T> scratch[4];
-  return scratch[slot];
-}
-
+struct ConvScratch;  // owner tag: 0 im2col block, 1 dense output/gradient block, 2 col2im block, 3 packed weights
 template <class T>
 T* scratch(int slot, size_t size) {
-  std::vector<T>& v = thread_scratch<T>(slot);
-  if (v.size() < size) v.resize(size);
-  return v.data();
+  return thread_scratch<T, ConvScratch, 4>(slot, size);
 }
 
 // Every task's weights [cout, depth] packed once for the GEMM micro-kernel: each is

@@ -25,6 +25,8 @@
 #include <immintrin.h>
 #endif
 
+#include "scratch.h"
+
 namespace maml {
 
 struct MatrixView {
@@ -257,17 +259,10 @@ __attribute__((noinline)) void micro_kernel(int k, const T* __restrict a, const 
   store_tile<T, MR, NV * L>(tile, c, ldc, rows, cols, alpha, beta);
 }
 
-template <class T>
-std::vector<T>& thread_pack_buffer(int slot) {
-  thread_local std::vector<T> buffers[2];
-  return buffers[slot];
-}
-
+struct PackBuffers;  // owner tag of the two packing buffers (0: B, 1: A)
 template <class T>
 T* pack_buffer(int slot, size_t size) {
-  std::vector<T>& v = thread_pack_buffer<T>(slot);
-  if (v.size() < size) v.resize(size);
-  return v.data();
+  return thread_scratch<T, PackBuffers, 2>(slot, size);
 }
 
 inline int round_up(int x, int multiple) { return (x + multiple - 1) / multiple * multiple; }
