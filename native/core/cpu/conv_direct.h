@@ -19,6 +19,7 @@
 #endif
 
 #include "parallel.h"
+#include "unroll.h"
 
 namespace maml {
 namespace direct_conv {
@@ -61,9 +62,9 @@ template <int V>
 inline void forward_tile(const Bordered& in, int cin, const float* w, int oy, int ox0, int valid_last,
                          const float* bias, bool accumulate, float* y, int64_t out_plane, int ow) {
   __m256 acc[4][V];
-#pragma GCC unroll 4
+MAML_UNROLL(4)
   for (int c = 0; c < 4; ++c)
-#pragma GCC unroll 3
+MAML_UNROLL(3)
     for (int v = 0; v < V; ++v) acc[c][v] = _mm256_setzero_ps();
   const int depth = cin * 9;
   const float* weight_rows[4];
@@ -71,19 +72,19 @@ inline void forward_tile(const Bordered& in, int cin, const float* w, int oy, in
   for (int ci = 0; ci < cin; ++ci)
     for (int ky = 0; ky < 3; ++ky) {
       const float* row = in.row(ci, oy + ky) + ox0;
-#pragma GCC unroll 3
+MAML_UNROLL(3)
       for (int kx = 0; kx < 3; ++kx) {
         __m256 x[V];
-#pragma GCC unroll 3
+MAML_UNROLL(3)
         for (int v = 0; v < V; ++v) {
           x[v] = _mm256_loadu_ps(row + kx + 8 * v);
           __asm__("" : "+x"(x[v]));  // one load per vector, not one per FMA (as in gemm.h)
         }
         const int tap = (ci * 3 + ky) * 3 + kx;
-#pragma GCC unroll 4
+MAML_UNROLL(4)
         for (int c = 0; c < 4; ++c) {
           const __m256 weight = _mm256_broadcast_ss(weight_rows[c] + tap);
-#pragma GCC unroll 3
+MAML_UNROLL(3)
           for (int v = 0; v < V; ++v) acc[c][v] = _mm256_fmadd_ps(weight, x[v], acc[c][v]);
         }
       }
@@ -91,11 +92,11 @@ inline void forward_tile(const Bordered& in, int cin, const float* w, int oy, in
   const __m256i last = first_lanes(valid_last);
   // constant indices only (unrolled): a variable index into acc would keep the
   // accumulators in memory for the whole tap loop
-#pragma GCC unroll 4
+MAML_UNROLL(4)
   for (int c = 0; c < 4; ++c) {
     float* out = y + c * out_plane + int64_t(oy) * ow + ox0;
     const __m256 b = _mm256_set1_ps(bias ? bias[c] : 0.0f);
-#pragma GCC unroll 3
+MAML_UNROLL(3)
     for (int v = 0; v < V; ++v) {
       __m256 value = _mm256_add_ps(acc[c][v], b);
       if (v == V - 1 && valid_last < 8) {
@@ -142,9 +143,9 @@ void weight_grad_example(const G& g, const Bordered& in, const float* y_grad, in
   for (int ci = 0; ci < g.cin; ++ci)
     for (int ky = 0; ky < 3; ++ky) {
       __m256 acc[4][3];
-#pragma GCC unroll 4
+MAML_UNROLL(4)
       for (int c = 0; c < 4; ++c)
-#pragma GCC unroll 3
+MAML_UNROLL(3)
         for (int k = 0; k < 3; ++k) acc[c][k] = _mm256_setzero_ps();
       const float* grad_rows[4];
       for (int c = 0; c < 4; ++c) grad_rows[c] = y_grad + (co + c) * out_plane;
@@ -153,15 +154,15 @@ void weight_grad_example(const G& g, const Bordered& in, const float* y_grad, in
       // loaded once for its three FMAs: 12 accumulators + 3 + 1 = all 16 registers
       const auto accumulate = [&](const float* row, int64_t at, int ox, bool full, __m256i lanes) {
         __m256 x[3];
-#pragma GCC unroll 3
+MAML_UNROLL(3)
         for (int k = 0; k < 3; ++k) {
           x[k] = _mm256_loadu_ps(row + ox + k);
           __asm__("" : "+x"(x[k]));
         }
-#pragma GCC unroll 4
+MAML_UNROLL(4)
         for (int c = 0; c < 4; ++c) {
           const __m256 d = full ? _mm256_loadu_ps(grad_rows[c] + at) : _mm256_maskload_ps(grad_rows[c] + at, lanes);
-#pragma GCC unroll 3
+MAML_UNROLL(3)
           for (int k = 0; k < 3; ++k) acc[c][k] = _mm256_fmadd_ps(d, x[k], acc[c][k]);
         }
       };
@@ -174,9 +175,9 @@ void weight_grad_example(const G& g, const Bordered& in, const float* y_grad, in
         for (int ox = 0; ox < full_end; ox += 8) accumulate(row, at + ox, ox, true, tail);
         if (full_end < g.ow) accumulate(row, at + full_end, full_end, false, tail);
       }
-#pragma GCC unroll 4
+MAML_UNROLL(4)
       for (int c = 0; c < 4; ++c)
-#pragma GCC unroll 3
+MAML_UNROLL(3)
         for (int k = 0; k < 3; ++k) {
           alignas(32) float lane[8];
           _mm256_store_ps(lane, acc[c][k]);

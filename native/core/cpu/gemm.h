@@ -26,6 +26,7 @@
 #endif
 
 #include "scratch.h"
+#include "unroll.h"
 
 namespace maml {
 
@@ -218,23 +219,23 @@ __attribute__((noinline)) void micro_kernel(int k, const T* __restrict a, const 
   using V = typename Simd<T>::V;
   constexpr int MR = S::MR, NV = S::NV, L = Simd<T>::lanes;
   V acc[MR][NV];
-#pragma GCC unroll 8
+MAML_UNROLL(8)
   for (int r = 0; r < MR; ++r)
-#pragma GCC unroll 4
+MAML_UNROLL(4)
     for (int v = 0; v < NV; ++v) acc[r][v] = Simd<T>::zero();
   for (int p = 0; p < k; ++p) {
     V bv[NV];
-#pragma GCC unroll 4
+MAML_UNROLL(4)
     for (int v = 0; v < NV; ++v) {
       bv[v] = Simd<T>::load(b + v * L);
       // keep each B vector in a register: folded into the FMAs, it would be loaded MR
       // times, and 256-bit loads (two per cycle) would then limit the kernel
       __asm__("" : "+x"(bv[v]));
     }
-#pragma GCC unroll 8
+MAML_UNROLL(8)
     for (int r = 0; r < MR; ++r) {
       const V ar = Simd<T>::broadcast(a + r);
-#pragma GCC unroll 4
+MAML_UNROLL(4)
       for (int v = 0; v < NV; ++v) acc[r][v] = Simd<T>::fma(ar, bv[v], acc[r][v]);
     }
     a += MR;
@@ -242,9 +243,9 @@ __attribute__((noinline)) void micro_kernel(int k, const T* __restrict a, const 
   }
   if (rows == MR && cols == NV * L && alpha == T(1) && (beta == T(0) || beta == T(1))) {
     // full tile, plain store or accumulate: straight from the registers
-#pragma GCC unroll 8
+MAML_UNROLL(8)
     for (int r = 0; r < MR; ++r)
-#pragma GCC unroll 4
+MAML_UNROLL(4)
       for (int v = 0; v < NV; ++v) {
         T* out = c + r * ldc + v * L;
         Simd<T>::store(out, beta == T(1) ? Simd<T>::add(Simd<T>::load(out), acc[r][v]) : acc[r][v]);
@@ -252,9 +253,9 @@ __attribute__((noinline)) void micro_kernel(int k, const T* __restrict a, const 
     return;
   }
   T tile[MR][NV * L];
-#pragma GCC unroll 8
+MAML_UNROLL(8)
   for (int r = 0; r < MR; ++r)
-#pragma GCC unroll 4
+MAML_UNROLL(4)
     for (int v = 0; v < NV; ++v) Simd<T>::store(&tile[r][v * L], acc[r][v]);
   store_tile<T, MR, NV * L>(tile, c, ldc, rows, cols, alpha, beta);
 }
