@@ -72,6 +72,10 @@ test('bench order --quick --tiny writes self-consistent JSON, Markdown and a PNG
     assert.equal(m.flops, metaGradientFlops(layers, setting.metaBatch, setting.ways * setting.shots, setting.ways * setting.queries, m.steps, m.order === 2));
     if (gemm !== null) assert.ok(close(m.gemmFraction!, m.gflops / gemm));
   }
+  // the main rows also time the trainer's call (no pre-adaptation pass); the sweep does not
+  for (const m of r.rows) assert.ok(m.trainingMedian !== null && m.trainingMedian > 0, `training call timed for order ${m.order}`);
+  for (const p of r.sweep.flatMap((s) => s.points)) assert.equal(p.trainingMedian, null);
+  assert.match(printed, /training call s\/iter/);
   const [first, second] = r.rows;
   assert.ok(second.flops > first.flops);
   assert.equal(r.ratios.length, 1);

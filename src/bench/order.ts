@@ -66,6 +66,9 @@ export interface Measurement extends Spread {
   threads: number;
   referenceSeconds: number | null;
   speedupVsReference: number | null;  // referenceSeconds / median
+  /** median of the trainer's usual call (no pre-adaptation query pass); null where not timed (the sweep) */
+  trainingMedian: number | null;
+  trainingSpeedupVsReference: number | null;
 }
 
 export interface OrderRatio { setting: string; time: number; peakRss: number; workspace: number }
@@ -260,7 +263,7 @@ export async function runOrderBench(options: OrderBenchOptions = {}): Promise<Or
     fixedRepeats ?? Math.max(5, Math.min(10, Math.floor(90 / Math.max(1e-9, estimateIteration(s, order, s.innerSteps)))));
 
   const plan: PlannedJob[] = [];
-  for (const s of settings) for (const order of [1, 2] as const) plan.push({ kind: 'main', setting: s, run: { order, steps: s.innerSteps, warmup, repeats: repeatsFor(s, order) } });
+  for (const s of settings) for (const order of [1, 2] as const) plan.push({ kind: 'main', setting: s, run: { order, steps: s.innerSteps, warmup, repeats: repeatsFor(s, order), trainingRepeats: repeatsFor(s, order) } });
   const skipped: string[] = [];
   for (const s of sweepSettings) {
     const steps = [...baseSweep];
@@ -272,7 +275,7 @@ export async function runOrderBench(options: OrderBenchOptions = {}): Promise<Or
     }
     for (const st of steps) for (const order of [1, 2] as const) plan.push({ kind: 'sweep', setting: s, run: { order, steps: st, warmup: 1, repeats: sweepRepeats } });
   }
-  const jobSeconds = (j: PlannedJob) => (j.run.warmup + j.run.repeats) * estimateIteration(j.setting, j.run.order, j.run.steps) + (probe.get(j.setting.name)?.overhead ?? 0);
+  const jobSeconds = (j: PlannedJob) => (j.run.warmup + j.run.repeats + (j.run.trainingRepeats ?? 0)) * estimateIteration(j.setting, j.run.order, j.run.steps) + (probe.get(j.setting.name)?.overhead ?? 0);
   const estimateSeconds = quick ? null : plan.reduce((a, j) => a + jobSeconds(j), 0);
   const mainRepeats = [...new Set(plan.filter((j) => j.kind === 'main').map((j) => j.run.repeats))].sort((a, b) => b - a).join('/');
   log(`bench order: ${settings.length} setting(s) x 2 orders, ${mainRepeats} timed iterations after ${warmup} warm-up; sweep ` +
@@ -283,7 +286,7 @@ export async function runOrderBench(options: OrderBenchOptions = {}): Promise<Or
   for (const line of skipped) log(line);
 
   // run
-  const totalIterations = plan.reduce((a, j) => a + j.run.warmup + j.run.repeats, 0);
+  const totalIterations = plan.reduce((a, j) => a + j.run.warmup + j.run.repeats + (j.run.trainingRepeats ?? 0), 0);
   const progress: Progress | undefined = options.progress === false ? undefined : createProgress({ total: totalIterations, label: 'bench' });
   let done = 0;
   const measured: { job: PlannedJob; m: Measurement }[] = [];
@@ -347,6 +350,7 @@ function toMeasurement(s: BenchSetting, reply: WorkerReply, gemm: GemmCeiling): 
   const gflops = flops / st.median / 1e9;
   const images = imagesPerIteration(s);
   const ref = run.steps === s.innerSteps ? REFERENCE.seconds[s.name]?.[run.order] ?? null : null;
+  const trainingMedian = run.trainingSeconds.length ? spread(run.trainingSeconds).median : null;
   return {
     setting: s.name, order: run.order, steps: run.steps, tasks: s.metaBatch, warmup: run.warmup, repeats: run.repeats,
     seconds: run.seconds, ...st, imagesPerIteration: images, imagesPerSecond: images / st.median, flops, gflops,
@@ -355,6 +359,7 @@ function toMeasurement(s: BenchSetting, reply: WorkerReply, gemm: GemmCeiling): 
     workspaceBytes: run.workspaceBytes, workspaceMiB: run.workspaceBytes / 1048576, taskGroup: run.taskGroup,
     parameterCopiesMiB: (run.steps + 2) * run.taskGroup * reply.parameterCount * reply.bytesPerScalar / 1048576, threads: reply.threads,
     referenceSeconds: ref, speedupVsReference: ref === null ? null : ref / st.median,
+    trainingMedian, trainingSpeedupVsReference: ref === null || trainingMedian === null ? null : ref / trainingMedian,
   };
 }
 
@@ -375,17 +380,21 @@ export function formatOrderBench(r: OrderBenchResult): string {
     ? `GEMM ceiling: ${sig(r.gemm.gflops!)} GFLOP/s (build/maml_bench_gemm ${r.gemm.size}, ${r.gemm.threads} threads).`
     : `GEMM ceiling: not measured (${r.gemm.reason}).`);
   lines.push('');
-  lines.push('| setting | order | s/iter median | IQR | min-max | images/s | GFLOP/iter | GFLOP/s | % of GEMM peak | peak RSS MiB | workspace MiB | 2nd/1st time, RSS | reference s/iter | vs reference |');
-  lines.push('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|');
+  lines.push('| setting | order | s/iter median | IQR | min-max | training call s/iter | images/s | GFLOP/iter | GFLOP/s | % of GEMM peak | peak RSS MiB | workspace MiB | 2nd/1st time, RSS | reference s/iter | vs reference | vs reference, training call |');
+  lines.push('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|');
   for (const m of r.rows) {
     const ratio = r.ratios.find((x) => x.setting === m.setting);
-    lines.push(`| ${m.setting} | ${m.order === 1 ? '1st' : '2nd'} | ${sig(m.median)} | ${sig(m.iqr, 2)} | ${sig(m.min)}-${sig(m.max)} | ${sig(m.imagesPerSecond)} | ${sig(m.flops / 1e9)} | ${sig(m.gflops)} | ` +
+    lines.push(`| ${m.setting} | ${m.order === 1 ? '1st' : '2nd'} | ${sig(m.median)} | ${sig(m.iqr, 2)} | ${sig(m.min)}-${sig(m.max)} | ` +
+      `${m.trainingMedian === null ? '-' : sig(m.trainingMedian)} | ${sig(m.imagesPerSecond)} | ${sig(m.flops / 1e9)} | ${sig(m.gflops)} | ` +
       `${m.gemmFraction === null ? '-' : sig(100 * m.gemmFraction, 2) + '%'} | ${sig(m.peakRssMiB, 4)} | ${sig(m.workspaceMiB)} | ` +
-      `${m.order === 2 && ratio ? `${sig(ratio.time)}x, ${sig(ratio.peakRss)}x` : ''} | ${m.referenceSeconds ?? '-'} | ${m.speedupVsReference === null ? '-' : sig(m.speedupVsReference) + 'x'} |`);
+      `${m.order === 2 && ratio ? `${sig(ratio.time)}x, ${sig(ratio.peakRss)}x` : ''} | ${m.referenceSeconds ?? '-'} | ${m.speedupVsReference === null ? '-' : sig(m.speedupVsReference) + 'x'} | ` +
+      `${m.trainingSpeedupVsReference === null ? '-' : sig(m.trainingSpeedupVsReference) + 'x'} |`);
   }
   lines.push('');
   lines.push(`Seconds per meta-iteration (one engine.metaGradient call on a meta-batch, inputs through the image cache) after warm-up; ` +
-    `images/s = tasks x ways x (shots + queries) / median. ${r.flopRule} GFLOP/s = FLOPs / median.`);
+    `images/s = tasks x ways x (shots + queries) / median. ${r.flopRule} GFLOP/s = FLOPs / median. ` +
+    `Training call: the same call without the pre-adaptation query pass, as the trainer makes it on 9 iterations of 10 ` +
+    `(it samples the pre-adaptation accuracy every 10th), timed as many times after the others.`);
   lines.push(`Memory: ${r.memoryNote}.`);
   lines.push(`Reference: ${r.reference.source}; 'vs reference' = reference seconds / ours.`);
   for (const sw of r.sweep) {

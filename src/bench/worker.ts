@@ -13,6 +13,8 @@ export interface WorkerRun {
   steps: number;
   warmup: number;     // untimed calls first (the first call allocates the workspace)
   repeats: number;    // timed calls
+  /** then this many timed calls as the trainer makes them on 9 iterations of 10: no pre-adaptation query pass */
+  trainingRepeats?: number;
 }
 
 export interface WorkerJob {
@@ -23,6 +25,7 @@ export interface WorkerJob {
 
 export interface WorkerRunResult extends WorkerRun {
   seconds: number[];        // one per timed call
+  trainingSeconds: number[];  // one per trainingRepeats call
   warmupSeconds: number[];
   workspaceBytes: number;
   taskGroup: number;
@@ -88,19 +91,21 @@ export async function measureInThisProcess(job: WorkerJob, onIteration?: () => v
   const runs: WorkerRunResult[] = [];
   for (const run of job.runs) {
     const loop = { steps: run.steps, stepSizes: s.innerLr, order: run.order, measureBefore: true };
-    const seconds: number[] = [], warmupSeconds: number[] = [];
+    const seconds: number[] = [], warmupSeconds: number[] = [], trainingSeconds: number[] = [];
     let workspaceBytes = 0, taskGroup = 0;
-    for (let i = 0; i < run.warmup + run.repeats; i++) {
+    const timedCall = async (measureBefore: boolean): Promise<number> => {
       const b = batch();
       const start = performance.now();
-      const result = await engine.metaGradient(theta, b, loop);
+      const result = await engine.metaGradient(theta, b, { ...loop, measureBefore });
       const t = (performance.now() - start) / 1000;
-      (i < run.warmup ? warmupSeconds : seconds).push(t);
       workspaceBytes = Math.max(workspaceBytes, result.workspaceBytes);
       taskGroup = result.taskGroup;
       onIteration?.();
-    }
-    runs.push({ ...run, seconds, warmupSeconds, workspaceBytes, taskGroup });
+      return t;
+    };
+    for (let i = 0; i < run.warmup + run.repeats; i++) (i < run.warmup ? warmupSeconds : seconds).push(await timedCall(true));
+    for (let i = 0; i < (run.trainingRepeats ?? 0); i++) trainingSeconds.push(await timedCall(false));
+    runs.push({ ...run, seconds, trainingSeconds, warmupSeconds, workspaceBytes, taskGroup });
   }
   return {
     ok: true, runs, peakRssMiB: maxRssMiB(), baselineRssMiB, cacheMiB: pixels.byteLength / 1048576,
