@@ -16,10 +16,12 @@
 #include <cstring>
 #include <vector>
 
+#include "bordered_plane.h"
 #include "conv_direct.h"
 #include "gemm.h"
 #include "parallel.h"
 #include "reduce.h"
+#include "scratch.h"
 
 namespace maml {
 
@@ -102,32 +104,18 @@ inline const BorderedPlanes& bordered_planes(const ConvGeometry& g) {
   return b;
 }
 
-// bordered = the plane with pad_top/pad_left rows/columns of zeros before it (and zeros
-// wherever the bordered plane reaches past it).
+// The bordered copy of one input plane, in the calling thread's scratch (slot 0: im2col, 1: col2im).
 template <class T>
-void copy_into_border(const ConvGeometry& g, const BorderedPlanes& b, const T* plane, T* bordered) {
-  for (int r = 0; r < b.rows; ++r) {
-    T* out = bordered + r * b.cols;
-    const int iy = r - g.pad_top;
-    if (iy < 0 || iy >= g.h) {
-      std::fill(out, out + b.cols, T(0));
-      continue;
-    }
-    const int lo = std::min(g.pad_left, b.cols), hi = std::min(b.cols, g.pad_left + g.w);
-    std::fill(out, out + lo, T(0));
-    std::copy(plane + iy * g.w, plane + iy * g.w + (hi - lo), out + lo);
-    std::fill(out + hi, out + b.cols, T(0));
-  }
+T* bordered_scratch(const BorderedPlanes& b, int slot) {
+  return thread_scratch<T, BorderedPlanes, 2>(slot, size_t(b.rows) * b.cols);
 }
 
 template <class T>
 void im2col_bordered(const ConvGeometry& g, const T* x, int64_t first, int64_t count, T* col, int64_t ld) {
   const BorderedPlanes& b = bordered_planes(g);
-  thread_local std::vector<T> storage;
-  storage.resize(size_t(b.rows) * b.cols);
-  T* bordered = storage.data();
+  T* bordered = bordered_scratch<T>(b, 0);
   for (int ci = 0; ci < g.cin; ++ci) {
-    copy_into_border(g, b, x + ci * g.in_plane(), bordered);
+    copy_with_border(x + ci * g.in_plane(), g.h, g.w, g.pad_top, g.pad_left, b.rows, b.cols, bordered);
     for (int k = 0; k < 9; ++k) {
       const int32_t* offset = b.offsets.data() + k * g.out_plane() + first;
       T* row = col + int64_t(ci * 9 + k) * ld;
@@ -140,9 +128,7 @@ template <class T>
 void col2im_bordered(const ConvGeometry& g, const T* col, int64_t ld, int c0, int c1, int64_t first, int64_t count,
                      T* x) {
   const BorderedPlanes& b = bordered_planes(g);
-  thread_local std::vector<T> storage;
-  storage.resize(size_t(b.rows) * b.cols);
-  T* bordered = storage.data();
+  T* bordered = bordered_scratch<T>(b, 1);
   for (int ci = c0; ci < c1; ++ci) {
     std::fill(bordered, bordered + size_t(b.rows) * b.cols, T(0));
     for (int k = 0; k < 9; ++k) {
@@ -281,12 +267,11 @@ T* scratch(int slot, size_t size) {
 // Every task's weights [cout, depth] packed once for the GEMM micro-kernel: each is
 // multiplied by all column chunks of its task, so packing per chunk repeated the work
 // hundreds of times. Lives in the calling thread's storage until its next layer.
+struct PackedForwardWeights;  // owner tag of that storage
 template <class T>
 const T* pack_forward_weights(const ConvGeometry& g, int tasks, const T* const* weights, gemm_detail::TileShape shape) {
-  thread_local std::vector<T> packed;
   const size_t size = packed_a_size<T>(shape, g.cout, g.depth());
-  if (packed.size() < size * tasks) packed.resize(size * tasks);
-  T* data = packed.data();
+  T* data = thread_scratch<T, PackedForwardWeights, 1>(0, size * tasks);
   parallel_for(tasks, [&](int64_t task) {
     pack_a_matrix<T>(shape, g.cout, g.depth(), weights[task], row_major(g.depth()), data + task * size);
   });

@@ -18,6 +18,7 @@
 #include <immintrin.h>
 #endif
 
+#include "bordered_plane.h"
 #include "parallel.h"
 #include "unroll.h"
 
@@ -44,15 +45,10 @@ struct Bordered {
   void fill(const G& g, const float* image) {
     rows = g.oh + 2;
     cols = (g.ow + 7) / 8 * 8 + 8 + 2;
-    data.assign(size_t(g.cin) * rows * cols, 0.0f);
+    data.resize(size_t(g.cin) * rows * cols);
     for (int ci = 0; ci < g.cin; ++ci)
-      for (int r = 0; r < rows; ++r) {
-        const int iy = r - g.pad_top;
-        if (iy < 0 || iy >= g.h) continue;
-        const int hi = std::min(g.w, cols - g.pad_left);
-        std::copy(image + (int64_t(ci) * g.h + iy) * g.w, image + (int64_t(ci) * g.h + iy) * g.w + hi,
-                  data.begin() + (size_t(ci) * rows + r) * cols + g.pad_left);
-      }
+      copy_with_border(image + int64_t(ci) * g.h * g.w, g.h, g.w, g.pad_top, g.pad_left, rows, cols,
+                       data.data() + size_t(ci) * rows * cols);
   }
   const float* row(int ci, int r) const { return data.data() + (size_t(ci) * rows + r) * cols; }
 };

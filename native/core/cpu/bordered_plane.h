@@ -1,0 +1,25 @@
+// A plane copied into a larger zero-filled one: the padded input both the bordered
+// im2col/col2im (conv.h) and the direct convolution (conv_direct.h) read without bounds.
+#pragma once
+#include <algorithm>
+
+namespace maml {
+
+// out [rows x cols] = plane [h x w] placed at row pad_top, column pad_left; zeros elsewhere
+// (also where out ends before the plane does).
+template <class T>
+void copy_with_border(const T* plane, int h, int w, int pad_top, int pad_left, int rows, int cols, T* out) {
+  for (int r = 0; r < rows; ++r, out += cols) {
+    const int iy = r - pad_top;
+    if (iy < 0 || iy >= h) {
+      std::fill(out, out + cols, T(0));
+      continue;
+    }
+    const int lo = std::min(pad_left, cols), hi = std::min(cols, pad_left + w);
+    std::fill(out, out + lo, T(0));
+    std::copy(plane + iy * w, plane + iy * w + (hi - lo), out + lo);
+    std::fill(out + hi, out + cols, T(0));
+  }
+}
+
+}  // namespace maml
