@@ -129,7 +129,7 @@ void Network<T>::prepare_column_stores(int64_t examples, bool tangent, bool back
     for (auto& c : columns_[copy]) held += c.capacity() * sizeof(T);
   for (size_t i = 0; i < layers; ++i) {
     const Layer& l = arch_.layers[i];
-    if (l.kind != LayerKind::Conv3x3 || conv_is_direct<T>(geometry(l))) continue;  // direct layers keep no columns
+    if (l.kind != LayerKind::Conv3x3 || !conv_uses_columns<T>(geometry(l))) continue;
     const size_t need = size_t(9) * l.in.channels * l.out.height * l.out.width * size_t(examples);
     // the network input has no tangent
     for (int copy = 0; copy < (tangent && i > 0 ? 2 : 1); ++copy) {

@@ -18,6 +18,7 @@
 
 #include "bordered_plane.h"
 #include "conv_direct.h"
+#include "conv_shifted.h"
 #include "gemm.h"
 #include "parallel.h"
 #include "reduce.h"
@@ -46,6 +47,13 @@ struct ColumnStore {
     return data + (int64_t(task) * columns + first) * g.depth();
   }
 };
+
+// Whether a layer reads an im2col matrix at all: direct layers (conv_direct.h) and
+// shifted ones (conv_shifted.h) never build one, so nothing should be kept for them.
+template <class T>
+bool conv_uses_columns(const ConvGeometry& g) {
+  return !conv_is_direct<T>(g) && !shifted_conv::applies(g);
+}
 
 namespace conv_detail {
 
@@ -278,6 +286,29 @@ const T* pack_forward_weights(const ConvGeometry& g, int tasks, const T* const* 
   return data;
 }
 
+inline shifted_conv::Geometry shifted_geometry(const ConvGeometry& g) { return {g.cin, g.h, g.w, g.cout}; }
+
+// The input gradient of a shifted layer as the forward conv of y_grad with the flipped
+// weights: y_grad's planes are the input, x_grad's the output.
+template <class T>
+void shifted_input_grad(const ConvGeometry& g, int tasks, int batch, const T* y_grad, const T* const* weights,
+                        T* x_grad, bool accumulate) {
+  const shifted_conv::Geometry adjoint{g.cout, g.h, g.w, g.cin};
+  const int depth = g.cout * 9;
+  const auto shape = gemm_tile_shape<T>(g.cin, shifted_conv::chunk_columns);
+  const size_t packed_size = packed_a_size<T>(shape, g.cin, depth);
+  T* packed = thread_scratch<T, PackedForwardWeights, 1>(0, packed_size * tasks);
+  parallel_for(tasks, [&](int64_t task) {
+    T* flipped = shifted_conv::scratch<T>(2, size_t(g.cin) * depth);
+    shifted_conv::flip_weights(g.cin, g.cout, weights[task], flipped);
+    pack_a_matrix<T>(shape, g.cin, depth, flipped, row_major(depth), packed + task * packed_size);
+  });
+  parallel_for(int64_t(tasks) * batch, [&](int64_t unit) {
+    shifted_conv::forward_example(adjoint, shape, packed + (unit / batch) * packed_size, y_grad + unit * g.out_size(),
+                                  static_cast<const T*>(nullptr), accumulate, x_grad + unit * g.in_size());
+  });
+}
+
 }  // namespace conv_detail
 
 // columns (optional): filled with im2col(x) on first use, read back afterwards; unused
@@ -299,6 +330,18 @@ void conv_forward(const ConvGeometry& g, int tasks, int batch, const T* x, const
     }
   }
 #endif
+  if (shifted_conv::applies(g)) {
+    const auto shape = gemm_tile_shape<T>(g.cout, shifted_conv::chunk_columns);
+    const size_t packed_size = packed_a_size<T>(shape, g.cout, g.depth());
+    const T* packed_weights = pack_forward_weights(g, tasks, weights, shape);
+    parallel_for(int64_t(tasks) * batch, [&](int64_t unit) {
+      const int task = int(unit / batch);
+      shifted_conv::forward_example(shifted_geometry(g), shape, packed_weights + task * packed_size,
+                                    x + unit * g.in_size(), biases && biases[task] ? biases[task] : nullptr,
+                                    accumulate, y + unit * g.out_size());
+    });
+    return;
+  }
   const int chunk = column_chunk(g);
   const int64_t columns = int64_t(batch) * g.out_plane();
   const int64_t chunks = (columns + chunk - 1) / chunk;
@@ -329,6 +372,11 @@ template <class T>
 void conv_input_grad(const ConvGeometry& g, int tasks, int batch, const T* y_grad, const T* const* weights, T* x_grad,
                      bool accumulate, const T* y_grad2 = nullptr, const T* const* weights2 = nullptr) {
   using namespace conv_detail;
+  if (shifted_conv::applies(g)) {
+    shifted_input_grad(g, tasks, batch, y_grad, weights, x_grad, accumulate);
+    if (y_grad2) shifted_input_grad(g, tasks, batch, y_grad2, weights2, x_grad, true);
+    return;
+  }
   // Split by blocks of input channels: each unit owns its slice of x_grad, so the
   // overlapping 3x3 scatter of col2im never races. With tasks enough to keep every
   // thread busy, one block per task: each block gathers and packs y_grad again.
@@ -416,8 +464,16 @@ void conv_weight_grad(const ConvGeometry& g, int tasks, int batch, const T* x, c
     }
   }
 #endif
+  const bool shifted = shifted_conv::applies(g);
   // dw[cout, depth] += y_grad[cout, cols] col[depth, cols]^T over the column chunks of a task
-  auto accumulate_chunk = [&](int task, int64_t first, T* dw) {
+  // (shifted layers: over the examples of a task, one unit per example)
+  auto accumulate_chunk = [&](int task, int64_t unit, T* dw) {
+    if (shifted) {
+      const int64_t example = int64_t(task) * batch + unit;
+      shifted_conv::weight_grad_example(shifted_geometry(g), x + example * g.in_size(), y_grad + example * g.out_size(), dw);
+      return;
+    }
+    const int64_t first = unit * chunk;
     const int cols = int(std::min<int64_t>(chunk, columns - first));
     T* dense = scratch<T>(1, size_t(g.cout) * chunk);
     const T* col;
@@ -431,12 +487,13 @@ void conv_weight_grad(const ConvGeometry& g, int tasks, int batch, const T* x, c
     gather_columns(g, y_grad + int64_t(task) * batch * g.out_size(), first, cols, dense);
     gemm<T>(g.cout, g.depth(), cols, T(1), dense, row_major(cols), col, transposed(cols), T(1), dw, g.depth());
   };
-  if (tasks >= threads || chunks == 1) {
+  const int64_t units_per_task = shifted ? batch : chunks;
+  if (tasks >= threads || units_per_task == 1) {
     // each thread owns whole tasks
     parallel_for(tasks, [&](int64_t task) {
       T* dw = weight_grads[task];
       if (!accumulate) std::fill(dw, dw + weight_size, T(0));
-      for (int64_t c = 0; c < chunks; ++c) accumulate_chunk(int(task), c * chunk, dw);
+      for (int64_t u = 0; u < units_per_task; ++u) accumulate_chunk(int(task), u, dw);
     });
   } else {
     // Slot s sums chunks s, s + threads, ... in a fixed order: the result does not depend
@@ -444,11 +501,11 @@ void conv_weight_grad(const ConvGeometry& g, int tasks, int batch, const T* x, c
     thread_local std::vector<T> partial_storage;
     std::vector<T>& partial = partial_storage;
     partial.assign(size_t(threads) * tasks * weight_size, T(0));
-    const int64_t units = int64_t(tasks) * chunks;
+    const int64_t units = int64_t(tasks) * units_per_task;
     parallel_for(threads, [&](int64_t slot) {
       for (int64_t unit = slot; unit < units; unit += threads) {
-        const int task = int(unit / chunks);
-        accumulate_chunk(task, (unit % chunks) * chunk, partial.data() + (size_t(slot) * tasks + task) * weight_size);
+        const int task = int(unit / units_per_task);
+        accumulate_chunk(task, unit % units_per_task, partial.data() + (size_t(slot) * tasks + task) * weight_size);
       }
     });
     for (int task = 0; task < tasks; ++task) {
