@@ -288,23 +288,35 @@ const T* pack_forward_weights(const ConvGeometry& g, int tasks, const T* const* 
 
 inline shifted_conv::Geometry shifted_geometry(const ConvGeometry& g) { return {g.cin, g.h, g.w, g.cout}; }
 
+// Every task's weights packed for the shifted kernels, in the calling thread's storage
+// until its next layer; flip: pack the input gradient's flipped weights instead.
+template <class T>
+const T* pack_shifted_weights(const ConvGeometry& g, int tasks, const T* const* weights, bool flip) {
+  const int rows = flip ? g.cin : g.cout, depth = (flip ? g.cout : g.cin) * 9;
+  const size_t size = shifted_conv::packed_weights_size<T>(rows, depth);
+  T* data = thread_scratch<T, PackedForwardWeights, 1>(0, size * tasks);
+  parallel_for(tasks, [&](int64_t task) {
+    const T* w = weights[task];
+    if (flip) {
+      T* flipped = shifted_conv::scratch<T>(3, size_t(rows) * depth);
+      shifted_conv::flip_weights(g.cin, g.cout, w, flipped);
+      w = flipped;
+    }
+    shifted_conv::pack_weights<T>(rows, depth, w, data + task * size);
+  });
+  return data;
+}
+
 // The input gradient of a shifted layer as the forward conv of y_grad with the flipped
 // weights: y_grad's planes are the input, x_grad's the output.
 template <class T>
 void shifted_input_grad(const ConvGeometry& g, int tasks, int batch, const T* y_grad, const T* const* weights,
                         T* x_grad, bool accumulate) {
   const shifted_conv::Geometry adjoint{g.cout, g.h, g.w, g.cin};
-  const int depth = g.cout * 9;
-  const auto shape = gemm_tile_shape<T>(g.cin, shifted_conv::chunk_columns);
-  const size_t packed_size = packed_a_size<T>(shape, g.cin, depth);
-  T* packed = thread_scratch<T, PackedForwardWeights, 1>(0, packed_size * tasks);
-  parallel_for(tasks, [&](int64_t task) {
-    T* flipped = shifted_conv::scratch<T>(2, size_t(g.cin) * depth);
-    shifted_conv::flip_weights(g.cin, g.cout, weights[task], flipped);
-    pack_a_matrix<T>(shape, g.cin, depth, flipped, row_major(depth), packed + task * packed_size);
-  });
+  const size_t size = shifted_conv::packed_weights_size<T>(g.cin, g.cout * 9);
+  const T* packed = pack_shifted_weights(g, tasks, weights, true);
   parallel_for(int64_t(tasks) * batch, [&](int64_t unit) {
-    shifted_conv::forward_example(adjoint, shape, packed + (unit / batch) * packed_size, y_grad + unit * g.out_size(),
+    shifted_conv::forward_example(adjoint, packed + (unit / batch) * size, y_grad + unit * g.out_size(),
                                   static_cast<const T*>(nullptr), accumulate, x_grad + unit * g.in_size());
   });
 }
@@ -331,12 +343,11 @@ void conv_forward(const ConvGeometry& g, int tasks, int batch, const T* x, const
   }
 #endif
   if (shifted_conv::applies(g)) {
-    const auto shape = gemm_tile_shape<T>(g.cout, shifted_conv::chunk_columns);
-    const size_t packed_size = packed_a_size<T>(shape, g.cout, g.depth());
-    const T* packed_weights = pack_forward_weights(g, tasks, weights, shape);
+    const size_t packed_size = shifted_conv::packed_weights_size<T>(g.cout, g.depth());
+    const T* packed_weights = pack_shifted_weights(g, tasks, weights, false);
     parallel_for(int64_t(tasks) * batch, [&](int64_t unit) {
       const int task = int(unit / batch);
-      shifted_conv::forward_example(shifted_geometry(g), shape, packed_weights + task * packed_size,
+      shifted_conv::forward_example(shifted_geometry(g), packed_weights + task * packed_size,
                                     x + unit * g.in_size(), biases && biases[task] ? biases[task] : nullptr,
                                     accumulate, y + unit * g.out_size());
     });

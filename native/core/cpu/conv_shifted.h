@@ -3,18 +3,20 @@
 // Copy each input plane into a zero-bordered plane of width w + 2, and let the output
 // rows run over that width too: output position q = oy * (w + 2) + ox, ox < w + 2. Then
 // the im2col row of (ci, ky, kx) at q is bordered_ci[q + ky * (w + 2) + kx], a plain
-// shifted view of the bordered plane. The GEMM packs its B slivers straight from those
-// views (gemm_packed_rows), so the 9x larger im2col matrix is neither written nor read
-// back. The two border columns of every extended row are computed and dropped: 5% more
-// FLOPs at w = 42, 10% at 21, far less than the im2col traffic they replace.
+// shifted view of the bordered plane. The register tiles read those views in place
+// through a table of pointers (gemm.h's indirect tiles, as in XNNPACK's indirect
+// convolution), so the 9x larger im2col matrix is neither written nor packed. The two
+// border columns of every extended row are computed and dropped: 5% more FLOPs at
+// w = 42, 10% at 21, far less than the im2col traffic they replace.
 //
 // The same views serve the three rules of conv.h:
-//   forward      y = W * shifted views                                 (M cout, K cin*9)
-//   input grad   x_grad = the forward conv of y_grad with W flipped in space and
-//                transposed in channels (stride 1, pad 1: the adjoint is a conv again)
-//   weight grad  W_grad += y_grad (extended, zeros in the border columns) * views^T
-// Used by conv.h for layers where applies(g); checked by tests/test_layers.cpp against
-// the definition and finite differences.
+//   forward      y = W * views: tiles of 6 positions x 16 output channels (float)
+//   input grad   the forward conv of y_grad with W flipped in space and transposed in
+//                channels (stride 1, pad 1: the adjoint is a conv again), so no col2im
+//   weight grad  dw^T = views * y_grad^T: tiles of 6 taps x 16 output channels, summed
+//                over the extended positions (y_grad zero in the border columns)
+// Used by conv.h where applies(g) (all miniimagenet layers but the direct first one);
+// checked by tests/test_layers.cpp against the definition and exact adjoints.
 #pragma once
 #include <algorithm>
 #include <cstdint>
@@ -38,8 +40,8 @@ bool applies(const G& g) {
   return g.stride == 1 && g.oh == g.h && g.ow == g.w && g.pad_top == 1 && g.pad_left == 1;
 }
 
-// Extended columns per GEMM call: a multiple of both sliver widths (16, 24), small
-// enough that the packed B block stays in L2.
+// Extended positions per block: a whole number of 6-position tiles, few enough that a
+// block's output tiles (forward) or y_grad^T sliver (weight gradient) stay in L1.
 constexpr int chunk_columns = 240;
 
 struct Layout {
@@ -52,10 +54,10 @@ struct Layout {
         size(size_t(g.cin) * plane + 8) {}
 };
 
-struct Scratch;  // owner tag: 0 bordered planes, 1 dense output block, 2 flipped weights
+struct Scratch;  // owner tag: 0 bordered planes, 1 y_grad block or output tiles, 2 y_grad^T packed, 3 flipped weights
 template <class T>
 T* scratch(int slot, size_t size) {
-  return thread_scratch<T, Scratch, 3>(slot, size);
+  return thread_scratch<T, Scratch, 4>(slot, size);
 }
 
 // The bordered planes of one example, and the cin * 9 row views into them.
@@ -86,27 +88,6 @@ void for_each_row_run(const Layout& layout, int64_t first, int64_t count, Visit 
   }
 }
 
-// y_example[co, oy, ox] (+)= dense[co, q - first] (+ bias[co]) for the extended positions
-// [first, first + count) that are not border columns.
-template <class T>
-void scatter_extended(const Geometry& g, const Layout& layout, const T* dense, int64_t first, int64_t count,
-                      const T* bias, bool accumulate, T* y_example) {
-  const int64_t plane = int64_t(g.h) * g.w;
-  for_each_row_run(layout, first, count, [&](int64_t row, int64_t ox0, int64_t length, int64_t offset) {
-    const int64_t valid = std::max<int64_t>(0, std::min<int64_t>(g.w - ox0, length));
-    for (int co = 0; co < g.cout; ++co) {
-      const T* s = dense + co * count + offset;
-      T* o = y_example + co * plane + row * g.w + ox0;
-      const T b = bias ? bias[co] : T(0);
-      if (accumulate) {
-        for (int64_t j = 0; j < valid; ++j) o[j] += s[j] + b;
-      } else {
-        for (int64_t j = 0; j < valid; ++j) o[j] = s[j] + b;
-      }
-    }
-  });
-}
-
 // dense[co, q - first] = y_grad_example[co, oy, ox], zero in the border columns.
 template <class T>
 void gather_extended(const Geometry& g, const Layout& layout, const T* y_grad_example, int64_t first, int64_t count,
@@ -123,31 +104,89 @@ void gather_extended(const Geometry& g, const Layout& layout, const T* y_grad_ex
   });
 }
 
-// One example: y (+)= W x (+ b), W packed by pack_a_matrix for (shape, cout, cin * 9).
+// The register tile: 6 output positions x 2 vectors of output channels (16 in float).
 template <class T>
-void forward_example(const Geometry& g, gemm_detail::TileShape shape, const T* packed_weights, const T* x_example,
-                     const T* bias, bool accumulate, T* y_example) {
+using Tile = gemm_detail::TallTile<T>;
+
+// Weights [cout, cin * 9] as the B of the tiles: slivers of NR output channels, each
+// [cin * 9][NR], zero padded past cout.
+template <class T>
+size_t packed_weights_size(int cout, int depth) {
+  return size_t(gemm_detail::round_up(cout, Tile<T>::NR)) * depth;
+}
+template <class T>
+void pack_weights(int cout, int depth, const T* w, T* packed) {
+  gemm_detail::pack_b<T, Tile<T>::NR>(depth, cout, w, transposed(depth), packed);
+}
+
+// One example: y (+)= W x (+ b), with W packed by pack_weights. Tiles of 6 extended
+// positions read their A straight from the shifted views; the border columns of each
+// tile are dropped when it is stored. The depth is cut into blocks of at most 160 so
+// that a block's weight sliver and the view lines it meets fit in L1 together.
+template <class T>
+void forward_example(const Geometry& g, const T* packed_weights, const T* x_example, const T* bias, bool accumulate,
+                     T* y_example) {
+  constexpr int MR = Tile<T>::MR, NR = Tile<T>::NR, tiles_per_chunk = chunk_columns / MR;
   const Layout layout(g);
+  const int depth = g.cin * 9, blocks = (depth + 159) / 160;
+  const int64_t plane = int64_t(g.h) * g.w;
   const T* const* views = bordered_views(g, layout, x_example);
-  T* dense = scratch<T>(1, size_t(g.cout) * chunk_columns);
+  T* tiles = scratch<T>(1, size_t(tiles_per_chunk) * MR * NR);
   for (int64_t first = 0; first < layout.extended; first += chunk_columns) {
-    const int count = int(std::min<int64_t>(chunk_columns, layout.extended - first));
-    gemm_packed_rows<T>(shape, g.cout, count, g.cin * 9, T(1), packed_weights, views, first, T(0), dense, count);
-    scatter_extended(g, layout, dense, first, count, bias, accumulate, y_example);
+    const int64_t last = std::min<int64_t>(layout.extended, first + chunk_columns);
+    for (int c0 = 0; c0 < g.cout; c0 += NR) {
+      const int channels = std::min(NR, g.cout - c0);
+      for (int block = 0; block < blocks; ++block) {
+        const int p0 = block * depth / blocks, p1 = (block + 1) * depth / blocks;
+        const T* b = packed_weights + int64_t(c0) * depth + int64_t(p0) * NR;
+        for (int64_t q0 = first; q0 < last; q0 += MR)
+          gemm_detail::indirect_tile_columns<T, Tile<T>>(p1 - p0, views + p0, q0, b, block > 0,
+                                                         tiles + (q0 - first) * NR);
+      }
+      for (int64_t q = first; q < last; ++q) {
+        const int64_t oy = q / layout.cols, ox = q - oy * layout.cols;
+        if (ox >= g.w) continue;  // a border column
+        T* out = y_example + int64_t(c0) * plane + oy * g.w + ox;
+        const T* row = tiles + (q - first) * NR;
+        for (int c = 0; c < channels; ++c) {
+          const T v = row[c] + (bias ? bias[c0 + c] : T(0));
+          out[c * plane] = accumulate ? out[c * plane] + v : v;
+        }
+      }
+    }
   }
 }
 
-// dw[cout, cin * 9] += y_grad x^T over one example.
+// dw[cout, cin * 9] += y_grad x^T over one example: tiles of 6 rows of the views
+// (depth) x NR output channels, the chunk's extended positions as the sum.
 template <class T>
 void weight_grad_example(const Geometry& g, const T* x_example, const T* y_grad_example, T* dw) {
+  constexpr int MR = Tile<T>::MR, NR = Tile<T>::NR;
   const Layout layout(g);
+  const int depth = g.cin * 9;
   const T* const* views = bordered_views(g, layout, x_example);
   T* dense = scratch<T>(1, size_t(g.cout) * chunk_columns);
+  T* packed = scratch<T>(2, size_t(gemm_detail::round_up(g.cout, NR)) * chunk_columns);
+  T tile[MR * NR];
+  const T* rows[MR];
   for (int64_t first = 0; first < layout.extended; first += chunk_columns) {
     const int count = int(std::min<int64_t>(chunk_columns, layout.extended - first));
+    // y_grad^T [count][cout] in slivers of NR channels, zero in the border columns
     gather_extended(g, layout, y_grad_example, first, count, dense);
-    gemm_rows_transposed<T>(g.cout, g.cin * 9, count, T(1), dense, row_major(count), views, first, T(1), dw,
-                            g.cin * 9);
+    gemm_detail::pack_b<T, NR>(count, g.cout, dense, transposed(count), packed);
+    for (int c0 = 0; c0 < g.cout; c0 += NR) {
+      const T* b = packed + int64_t(c0) * count;
+      const int channels = std::min(NR, g.cout - c0);
+      for (int k0 = 0; k0 < depth; k0 += MR) {
+        const int taps = std::min(MR, depth - k0);
+        for (int r = 0; r < MR; ++r) rows[r] = views[std::min(k0 + r, depth - 1)] + first;
+        gemm_detail::indirect_tile_rows<T, Tile<T>>(count, rows, b, tile);
+        for (int c = 0; c < channels; ++c) {
+          T* out = dw + int64_t(c0 + c) * depth + k0;
+          for (int r = 0; r < taps; ++r) out[r] += tile[r * NR + c];
+        }
+      }
+    }
   }
 }
 

@@ -199,8 +199,8 @@ void pack_b(int k, int n, const T* b, MatrixView bv, T* packed) {
   }
 }
 
-// Where B comes from. Each source packs depth [p0, p0 + kc) x columns [j0, j0 + nc) of
-// its B into NR-wide slivers, zero padded.
+// Where B comes from: packs depth [p0, p0 + kc) x columns [j0, j0 + nc) of B into NR-wide
+// slivers, zero padded. (One source today; the shape leaves room for B given otherwise.)
 template <class T>
 struct StridedB {  // B(p, j) = b[p * row_stride + j * col_stride]
   const T* b;
@@ -210,42 +210,6 @@ struct StridedB {  // B(p, j) = b[p * row_stride + j * col_stride]
     pack_b<T, NR>(kc, nc, b + p0 * view.row_stride + j0 * view.col_stride, view, packed);
   }
 };
-template <class T>
-struct RowsB {  // B(p, j) = rows[p][offset + j]: rows that are views into other memory
-  const T* const* rows;
-  std::ptrdiff_t offset;
-  template <int NR>
-  void pack(int p0, int kc, int j0, int nc, T* packed) const {
-    for (int jr = 0; jr < nc; jr += NR) {
-      const int cols = std::min(NR, nc - jr);
-      const std::ptrdiff_t at = offset + j0 + jr;
-      for (int p = 0; p < kc; ++p, packed += NR) {
-        const T* src = rows[p0 + p] + at;
-        for (int c = 0; c < cols; ++c) packed[c] = src[c];
-        for (int c = cols; c < NR; ++c) packed[c] = T(0);
-      }
-    }
-  }
-};
-template <class T>
-struct RowsTransposedB {  // B(p, j) = rows[j][offset + p]
-  const T* const* rows;
-  std::ptrdiff_t offset;
-  template <int NR>
-  void pack(int p0, int kc, int j0, int nc, T* packed) const {
-    for (int jr = 0; jr < nc; jr += NR, packed += kc * NR) {
-      const int cols = std::min(NR, nc - jr);
-      const T* sliver[NR];
-      for (int c = 0; c < cols; ++c) sliver[c] = rows[j0 + jr + c] + offset + p0;
-      if (cols == NR && transpose_columns(kc, sliver, NR, packed)) continue;
-      for (int p = 0; p < kc; ++p) {
-        for (int c = 0; c < cols; ++c) packed[p * NR + c] = sliver[c][p];
-        for (int c = cols; c < NR; ++c) packed[p * NR + c] = T(0);
-      }
-    }
-  }
-};
-
 // Writes an MR x NR tile of accumulators into C: C = alpha tile + beta C (beta 0 ignores C).
 template <class T, int MR, int NR>
 inline void store_tile(const T (&tile)[MR][NR], T* c, std::ptrdiff_t ldc, int rows, int cols, T alpha, T beta) {
@@ -309,6 +273,78 @@ MAML_UNROLL(8)
 MAML_UNROLL(4)
     for (int v = 0; v < NV; ++v) Simd<T>::store(&tile[r][v * L], acc[r][v]);
   store_tile<T, MR, NV * L>(tile, c, ldc, rows, cols, alpha, beta);
+}
+
+// Indirect tiles: tile[r * NR + c] = sum_{p < k} A(r, p) b[p * NR + c], with A not packed
+// but read through pointers, and B one packed NR-wide sliver. The caller stores the tile
+// wherever its output goes (cpu/conv_shifted.h scatters it into an image).
+//   indirect_tile_columns: A(r, p) = columns[p][offset + r]  (A^T's rows are given)
+//   indirect_tile_rows:    A(r, p) = rows[r][p]               (A's rows are given)
+// add: the tile already holds a partial sum (an earlier depth block) to add to.
+template <class T, class S>
+__attribute__((noinline)) void indirect_tile_columns(int k, const T* const* __restrict columns, std::ptrdiff_t offset,
+                                                     const T* __restrict b, bool add, T* __restrict tile) {
+  using V = typename Simd<T>::V;
+  constexpr int MR = S::MR, NV = S::NV, L = Simd<T>::lanes;
+  V acc[MR][NV];
+MAML_UNROLL(8)
+  for (int r = 0; r < MR; ++r)
+MAML_UNROLL(4)
+    for (int v = 0; v < NV; ++v) acc[r][v] = add ? Simd<T>::load(tile + r * NV * L + v * L) : Simd<T>::zero();
+  for (int p = 0; p < k; ++p) {
+    const T* a = columns[p] + offset;
+    V bv[NV];
+MAML_UNROLL(4)
+    for (int v = 0; v < NV; ++v) {
+      bv[v] = Simd<T>::load(b + v * L);
+      __asm__("" : "+x"(bv[v]));  // as in micro_kernel: one load per B vector
+    }
+MAML_UNROLL(8)
+    for (int r = 0; r < MR; ++r) {
+      const V ar = Simd<T>::broadcast(a + r);
+MAML_UNROLL(4)
+      for (int v = 0; v < NV; ++v) acc[r][v] = Simd<T>::fma(ar, bv[v], acc[r][v]);
+    }
+    b += NV * L;
+  }
+MAML_UNROLL(8)
+  for (int r = 0; r < MR; ++r)
+MAML_UNROLL(4)
+    for (int v = 0; v < NV; ++v) Simd<T>::store(tile + r * NV * L + v * L, acc[r][v]);
+}
+
+template <class T, class S>
+__attribute__((noinline)) void indirect_tile_rows(int k, const T* const* __restrict rows, const T* __restrict b,
+                                                  T* __restrict tile) {
+  using V = typename Simd<T>::V;
+  constexpr int MR = S::MR, NV = S::NV, L = Simd<T>::lanes;
+  const T* a[MR];
+MAML_UNROLL(8)
+  for (int r = 0; r < MR; ++r) a[r] = rows[r];
+  V acc[MR][NV];
+MAML_UNROLL(8)
+  for (int r = 0; r < MR; ++r)
+MAML_UNROLL(4)
+    for (int v = 0; v < NV; ++v) acc[r][v] = Simd<T>::zero();
+  for (int p = 0; p < k; ++p) {
+    V bv[NV];
+MAML_UNROLL(4)
+    for (int v = 0; v < NV; ++v) {
+      bv[v] = Simd<T>::load(b + v * L);
+      __asm__("" : "+x"(bv[v]));
+    }
+MAML_UNROLL(8)
+    for (int r = 0; r < MR; ++r) {
+      const V ar = Simd<T>::broadcast(a[r] + p);
+MAML_UNROLL(4)
+      for (int v = 0; v < NV; ++v) acc[r][v] = Simd<T>::fma(ar, bv[v], acc[r][v]);
+    }
+    b += NV * L;
+  }
+MAML_UNROLL(8)
+  for (int r = 0; r < MR; ++r)
+MAML_UNROLL(4)
+    for (int v = 0; v < NV; ++v) Simd<T>::store(tile + r * NV * L + v * L, acc[r][v]);
 }
 
 struct PackBuffers;  // owner tag of the two packing buffers (0: B, 1: A)
@@ -407,33 +443,6 @@ void gemm_packed(gemm_detail::TileShape shape, int m, int n, int k, T alpha, con
     gemm_tiled<T, WideTile<T>>(m, n, k, alpha, nullptr, {0, 0}, packed_a, StridedB<T>{b, bv}, beta, c, ldc);
   else
     gemm_tiled<T, TallTile<T>>(m, n, k, alpha, nullptr, {0, 0}, packed_a, StridedB<T>{b, bv}, beta, c, ldc);
-}
-
-// gemm_packed with B(p, j) = rows[p][offset + j]: the rows of B are given as pointers
-// (the shifted views of a bordered image, cpu/conv_shifted.h), never gathered into a matrix.
-template <class T>
-void gemm_packed_rows(gemm_detail::TileShape shape, int m, int n, int k, T alpha, const T* packed_a,
-                      const T* const* rows, std::ptrdiff_t offset, T beta, T* c, std::ptrdiff_t ldc) {
-  using namespace gemm_detail;
-  if (m <= 0 || n <= 0 || k <= 0) return;
-  const RowsB<T> b{rows, offset};
-  if (shape == TileShape::wide)
-    gemm_tiled<T, WideTile<T>>(m, n, k, alpha, nullptr, {0, 0}, packed_a, b, beta, c, ldc);
-  else
-    gemm_tiled<T, TallTile<T>>(m, n, k, alpha, nullptr, {0, 0}, packed_a, b, beta, c, ldc);
-}
-
-// C = alpha * A B + beta * C with B(p, j) = rows[j][offset + p] (k > 0).
-template <class T>
-void gemm_rows_transposed(int m, int n, int k, T alpha, const T* a, MatrixView av, const T* const* rows,
-                          std::ptrdiff_t offset, T beta, T* c, std::ptrdiff_t ldc) {
-  using namespace gemm_detail;
-  if (m <= 0 || n <= 0 || k <= 0) return;
-  const RowsTransposedB<T> b{rows, offset};
-  if (gemm_tile_shape<T>(m, n) == TileShape::wide)
-    gemm_tiled<T, WideTile<T>>(m, n, k, alpha, a, av, nullptr, b, beta, c, ldc);
-  else
-    gemm_tiled<T, TallTile<T>>(m, n, k, alpha, a, av, nullptr, b, beta, c, ldc);
 }
 
 // C[m x n] (row-major, leading dimension ldc) = alpha * A[m x k] B[k x n] + beta * C.

@@ -124,10 +124,10 @@ TEST(conv_forward_and_gradients_match_direct_convolution_and_finite_differences)
 }
 
 // Float layers with few input channels at stride 1 (the miniimagenet input layer) take the
-// direct kernels of cpu/conv_direct.h; double always takes im2col + GEMM. Both must give the
+// direct kernels of cpu/conv_direct.h; double takes the shifted-view GEMM. Both must give the
 // same forward (plain and accumulated) and weight and bias gradients, at widths that end in
 // a full three-vector tile or a tail of one, two or three vectors.
-TEST(direct_float_convolution_matches_the_im2col_path) {
+TEST(direct_float_convolution_matches_the_gemm_path) {
   for (int h : {24, 13, 30, 20, 84}) {
     ConvGeometry g{3, h, h, 8, 0, 0, 1, 0, 0};
     conv_geometry(h, 1, Padding::TensorFlowSame, &g.oh, &g.pad_top);
@@ -169,6 +169,70 @@ TEST(direct_float_convolution_matches_the_im2col_path) {
     CHECK_LESS(maml_test::relative_error(Vec(wgf.begin(), wgf.end()), twice), 1e-5, "direct weight gradient, accumulated");
     if (h >= 24) CHECK(direct == direct_conv::available);  // the kernel is really exercised where it exists
   }
+}
+
+// Stride-1 layers of the miniimagenet size class take the shifted views of
+// cpu/conv_shifted.h: here with a depth of 180 (two depth blocks), 20 output channels
+// (a partial sliver of 16, or of 8 in double), and 17 x 19 extended positions (two
+// chunks, the last tile past the end). The forward against the definition, the two
+// gradients as exact adjoints of it, the input gradient's second pair, and float
+// against double.
+TEST(shifted_view_convolution_matches_the_definition_and_its_adjoints) {
+  ConvGeometry g{20, 17, 17, 20, 17, 17, 1, 1, 1};
+  CHECK(shifted_conv::applies(g) && !conv_uses_columns<double>(g) && !conv_uses_columns<float>(g));
+  const int tasks = 2, batch = 2;
+  std::mt19937_64 rng(17);
+  const Vec x = maml_test::random_vector(tasks * batch * g.in_size(), rng);
+  const Vec w = maml_test::random_vector(tasks * g.cout * g.depth(), rng), b = maml_test::random_vector(tasks * g.cout, rng);
+  const Vec w2 = maml_test::random_vector(w.size(), rng);
+  const Vec r = maml_test::random_vector(tasks * batch * g.out_size(), rng), r2 = maml_test::random_vector(r.size(), rng);
+  const int64_t ws = int64_t(g.cout) * g.depth();
+  const double* wp[2] = {w.data(), w.data() + ws};
+  const double* w2p[2] = {w2.data(), w2.data() + ws};
+  const double* bp[2] = {b.data(), b.data() + g.cout};
+  // forward, then a second forward accumulated onto it, against the definition
+  Vec y(r.size());
+  conv_forward<double>(g, tasks, batch, x.data(), wp, bp, y.data(), false);
+  conv_forward<double>(g, tasks, batch, x.data(), w2p, nullptr, y.data(), true);
+  for (int t = 0; t < tasks; ++t)
+    for (int n = 0; n < batch; ++n) {
+      const Vec xe(x.begin() + (t * batch + n) * g.in_size(), x.begin() + (t * batch + n + 1) * g.in_size());
+      const Vec we(w.begin() + t * ws, w.begin() + (t + 1) * ws), w2e(w2.begin() + t * ws, w2.begin() + (t + 1) * ws);
+      const Vec be(b.begin() + t * g.cout, b.begin() + (t + 1) * g.cout);
+      Vec want = conv_direct(g, xe, we, be);
+      const Vec second = conv_direct(g, xe, w2e, Vec(g.cout, 0.0));
+      for (size_t i = 0; i < want.size(); ++i) want[i] += second[i];
+      const Vec got(y.begin() + (t * batch + n) * g.out_size(), y.begin() + (t * batch + n + 1) * g.out_size());
+      CHECK_LESS(maml_test::relative_error(got, want), 1e-13, "shifted forward vs the definition");
+    }
+  // adjoints: <r, conv(x; W)> = <x_grad(r; W), x> = <W_grad(x, r), W>, with the second pair
+  Vec y0(r.size()), y02(r.size()), xg(x.size()), wg(w.size()), bg(b.size());
+  conv_forward<double>(g, tasks, batch, x.data(), wp, nullptr, y0.data(), false);
+  conv_forward<double>(g, tasks, batch, x.data(), w2p, nullptr, y02.data(), false);
+  conv_input_grad<double>(g, tasks, batch, r.data(), wp, xg.data(), false, r2.data(), w2p);
+  double* wgp[2] = {wg.data(), wg.data() + ws};
+  double* bgp[2] = {bg.data(), bg.data() + g.cout};
+  conv_weight_grad<double>(g, tasks, batch, x.data(), r.data(), wgp, bgp, false);
+  CHECK_CLOSE(dot(xg, x), dot(r, y0) + dot(r2, y02), 1e-12, 1e-12, "input gradient (two pairs) is the adjoint");
+  CHECK_CLOSE(dot(wg, w), dot(r, y0), 1e-12, 1e-12, "weight gradient is the adjoint");
+  double rsum = 0;
+  for (int t = 0; t < tasks; ++t)
+    for (int n = 0; n < batch; ++n)
+      for (int64_t i = 0; i < g.out_plane(); ++i) rsum += r[(t * batch + n) * g.out_size() + 3 * g.out_plane() + i];
+  CHECK_CLOSE(bg[3] + bg[g.cout + 3], rsum, 1e-12, 1e-12, "bias gradient of one channel");
+  // float against double
+  const std::vector<float> xf(x.begin(), x.end()), wf(w.begin(), w.end()), rf(r.begin(), r.end());
+  const float* wpf[2] = {wf.data(), wf.data() + ws};
+  std::vector<float> yf(r.size()), xgf(x.size()), wgf(w.size());
+  float* wgpf[2] = {wgf.data(), wgf.data() + ws};
+  conv_forward<float>(g, tasks, batch, xf.data(), wpf, nullptr, yf.data(), false);
+  conv_input_grad<float>(g, tasks, batch, rf.data(), wpf, xgf.data(), false);
+  conv_weight_grad<float>(g, tasks, batch, xf.data(), rf.data(), wgpf, nullptr, false);
+  Vec xg1(x.size());
+  conv_input_grad<double>(g, tasks, batch, r.data(), wp, xg1.data(), false);
+  CHECK_LESS(maml_test::relative_error(Vec(yf.begin(), yf.end()), y0), 1e-5, "float shifted forward");
+  CHECK_LESS(maml_test::relative_error(Vec(xgf.begin(), xgf.end()), xg1), 1e-5, "float shifted input gradient");
+  CHECK_LESS(maml_test::relative_error(Vec(wgf.begin(), wgf.end()), wg), 1e-5, "float shifted weight gradient");
 }
 
 // Batch norm over [tasks, batch, channels, plane], with the learned scale present.
