@@ -54,10 +54,11 @@ struct Layout {
         size(size_t(g.cin) * plane + 8) {}
 };
 
-struct Scratch;  // owner tag: 0 bordered planes, 1 y_grad block or output tiles, 2 y_grad^T packed, 3 flipped weights
+struct Scratch;  // owner tag: 0 bordered planes, 1 y_grad block or output tiles, 2 y_grad^T packed,
+                 // 3 flipped weights, 4 weight-gradient tiles
 template <class T>
 T* scratch(int slot, size_t size) {
-  return thread_scratch<T, Scratch, 4>(slot, size);
+  return thread_scratch<T, Scratch, 5>(slot, size);
 }
 
 // The bordered planes of one example, and the cin * 9 row views into them.
@@ -98,8 +99,9 @@ void gather_extended(const Geometry& g, const Layout& layout, const T* y_grad_ex
     for (int co = 0; co < g.cout; ++co) {
       T* d = dense + co * count + offset;
       const T* s = y_grad_example + co * plane + row * g.w + ox0;
-      std::copy(s, s + valid, d);
-      std::fill(d + valid, d + length, T(0));
+      // plain loops: runs of 10 to 42 values, where a memcpy call costs more than the copy
+      for (int64_t j = 0; j < valid; ++j) d[j] = s[j];
+      for (int64_t j = valid; j < length; ++j) d[j] = T(0);
     }
   });
 }
@@ -158,36 +160,40 @@ void forward_example(const Geometry& g, const T* packed_weights, const T* x_exam
 }
 
 // dw[cout, cin * 9] += y_grad x^T over one example: tiles of 6 rows of the views
-// (depth) x NR output channels, the chunk's extended positions as the sum.
+// (depth) x NR output channels, summed over blocks of extended positions in the
+// registers' own layout, and added into dw once at the end.
 template <class T>
 void weight_grad_example(const Geometry& g, const T* x_example, const T* y_grad_example, T* dw) {
   constexpr int MR = Tile<T>::MR, NR = Tile<T>::NR;
   const Layout layout(g);
-  const int depth = g.cin * 9;
+  const int depth = g.cin * 9, tap_tiles = (depth + MR - 1) / MR;
+  const int slivers = (g.cout + NR - 1) / NR;
   const T* const* views = bordered_views(g, layout, x_example);
   T* dense = scratch<T>(1, size_t(g.cout) * chunk_columns);
-  T* packed = scratch<T>(2, size_t(gemm_detail::round_up(g.cout, NR)) * chunk_columns);
-  T tile[MR * NR];
+  T* packed = scratch<T>(2, size_t(slivers) * NR * chunk_columns);
+  T* tiles = scratch<T>(4, size_t(slivers) * tap_tiles * MR * NR);
   const T* rows[MR];
   for (int64_t first = 0; first < layout.extended; first += chunk_columns) {
     const int count = int(std::min<int64_t>(chunk_columns, layout.extended - first));
     // y_grad^T [count][cout] in slivers of NR channels, zero in the border columns
     gather_extended(g, layout, y_grad_example, first, count, dense);
     gemm_detail::pack_b<T, NR>(count, g.cout, dense, transposed(count), packed);
-    for (int c0 = 0; c0 < g.cout; c0 += NR) {
-      const T* b = packed + int64_t(c0) * count;
-      const int channels = std::min(NR, g.cout - c0);
-      for (int k0 = 0; k0 < depth; k0 += MR) {
-        const int taps = std::min(MR, depth - k0);
-        for (int r = 0; r < MR; ++r) rows[r] = views[std::min(k0 + r, depth - 1)] + first;
-        gemm_detail::indirect_tile_rows<T, Tile<T>>(count, rows, b, tile);
-        for (int c = 0; c < channels; ++c) {
-          T* out = dw + int64_t(c0 + c) * depth + k0;
-          for (int r = 0; r < taps; ++r) out[r] += tile[r * NR + c];
-        }
+    for (int sliver = 0; sliver < slivers; ++sliver)
+      for (int tap = 0; tap < tap_tiles; ++tap) {
+        for (int r = 0; r < MR; ++r) rows[r] = views[std::min(tap * MR + r, depth - 1)] + first;
+        gemm_detail::indirect_tile_rows<T, Tile<T>>(count, rows, packed + int64_t(sliver) * NR * count, first > 0,
+                                                    tiles + (int64_t(sliver) * tap_tiles + tap) * MR * NR);
+      }
+  }
+  for (int sliver = 0; sliver < slivers; ++sliver)
+    for (int tap = 0; tap < tap_tiles; ++tap) {
+      const T* tile = tiles + (int64_t(sliver) * tap_tiles + tap) * MR * NR;
+      const int k0 = tap * MR, taps = std::min(MR, depth - k0);
+      for (int c = 0; c < std::min(NR, g.cout - sliver * NR); ++c) {
+        T* out = dw + int64_t(sliver * NR + c) * depth + k0;
+        for (int r = 0; r < taps; ++r) out[r] += tile[r * NR + c];
       }
     }
-  }
 }
 
 // The input gradient's weights: flipped[ci, co, ky, kx] = w[co, ci, 2 - ky, 2 - kx], the

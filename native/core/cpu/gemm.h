@@ -315,7 +315,7 @@ MAML_UNROLL(4)
 
 template <class T, class S>
 __attribute__((noinline)) void indirect_tile_rows(int k, const T* const* __restrict rows, const T* __restrict b,
-                                                  T* __restrict tile) {
+                                                  bool add, T* __restrict tile) {
   using V = typename Simd<T>::V;
   constexpr int MR = S::MR, NV = S::NV, L = Simd<T>::lanes;
   const T* a[MR];
@@ -325,7 +325,7 @@ MAML_UNROLL(8)
 MAML_UNROLL(8)
   for (int r = 0; r < MR; ++r)
 MAML_UNROLL(4)
-    for (int v = 0; v < NV; ++v) acc[r][v] = Simd<T>::zero();
+    for (int v = 0; v < NV; ++v) acc[r][v] = add ? Simd<T>::load(tile + r * NV * L + v * L) : Simd<T>::zero();
   for (int p = 0; p < k; ++p) {
     V bv[NV];
 MAML_UNROLL(4)

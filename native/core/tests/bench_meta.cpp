@@ -4,7 +4,7 @@
 // fresh process; this binary is the same measurement without Node, for profiling.
 // Each line also times the trainer's usual call (training_median_s): the same meta-gradient
 // without the pre-adaptation query pass, which the trainer runs on every 10th iteration.
-// Usage: maml_bench_meta [setting|all] [repeats]
+// Usage: maml_bench_meta [setting|all] [repeats] [order: 1 or 2, default both]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -33,6 +33,7 @@ static const Setting settings[] = {
 int main(int argc, char** argv) {
   const std::string which = argc > 1 ? argv[1] : "all";
   const int repeats = argc > 2 ? std::atoi(argv[2]) : 5;
+  const int only_order = argc > 3 ? std::atoi(argv[3]) : 0;  // 1 or 2: just that order (for profiling)
   for (const Setting& s : settings) {
     if (which != "all" && which != s.name) continue;
     ArchitectureOptions o;
@@ -55,6 +56,7 @@ int main(int argc, char** argv) {
     batch.query = {query, qi.data(), ql.data(), nullptr, 1.0f / s.shots};
     const std::vector<float> theta = initialize_parameters<float>(arch, 1);
     for (int order = 1; order <= 2; ++order) {
+      if (only_order && order != only_order) continue;
       InnerLoop loop;
       loop.steps = s.steps;
       loop.step_sizes = {0.01};
