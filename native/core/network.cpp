@@ -48,6 +48,9 @@ Network<T>::Network(const Architecture& architecture, T batch_norm_epsilon, size
   buffer_tangents_.resize(buffer_width_.size());
   argmax_.resize(layers);
   statistics_.resize(layers);
+  relu_after_pool_.assign(layers, false);
+  for (size_t i = 0; i + 1 < layers; ++i)
+    relu_after_pool_[i] = arch_.layers[i].kind == LayerKind::ReLU && arch_.layers[i + 1].kind == LayerKind::MaxPool2;
 }
 
 template <class T>
@@ -221,15 +224,22 @@ void Network<T>::forward(const PassData<T>& data, const T* const* params, const 
         break;
       }
       case LayerKind::ReLU: {
+        if (relu_after_pool_[i]) break;  // applied to the pooled values below
         const int64_t size = examples * l.in.size();
         relu_forward<T>(size, y);
         if (yt) relu_mask<T>(size, y, yt);
         break;
       }
       case LayerKind::MaxPool2: {
+        // pool(relu(x)) = relu(pool(x)); where the window's max is <= 0 both give 0 and the
+        // mask [y > 0] stops every gradient and tangent, so the argmax taken on x is as good
         const int64_t planes = examples * l.in.channels;
         max_pool_forward<T>(planes, l.in.height, l.in.width, x, y, argmax_[i].data());
         if (yt) max_pool_gather<T>(planes, l.in.height, l.in.width, xt, argmax_[i].data(), yt);
+        if (i > 0 && relu_after_pool_[i - 1]) {
+          relu_forward<T>(examples * l.out.size(), y);
+          if (yt) relu_mask<T>(examples * l.out.size(), y, yt);
+        }
         break;
       }
       case LayerKind::SpatialMean: {
@@ -300,14 +310,20 @@ void Network<T>::backward(const PassData<T>& data, const T* const* params, const
         break;
       }
       case LayerKind::ReLU: {
+        swapped = false;
+        if (relu_after_pool_[i]) break;  // the max pool above applied the mask
         const int64_t size = examples * l.in.size();
         relu_mask<T>(size, y, yg);
         if (ygt) relu_mask<T>(size, y, ygt);
-        swapped = false;
         break;
       }
       case LayerKind::MaxPool2: {
         const int64_t planes = examples * l.in.channels;
+        if (i > 0 && relu_after_pool_[i - 1]) {
+          // the ReLU's reverse rule on the pooled gradient: only the argmax positions carry one
+          relu_mask<T>(examples * l.out.size(), y, yg);
+          if (ygt) relu_mask<T>(examples * l.out.size(), y, ygt);
+        }
         if (xg) max_pool_scatter<T>(planes, l.in.height, l.in.width, yg, argmax_[i].data(), xg);
         if (xgt) max_pool_scatter<T>(planes, l.in.height, l.in.width, ygt, argmax_[i].data(), xgt);
         break;

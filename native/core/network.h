@@ -67,6 +67,10 @@ class Network {
   std::vector<int64_t> buffer_width_;  // values per example
   std::vector<std::vector<T>> buffers_, buffer_tangents_;
   std::vector<std::vector<int32_t>> argmax_;
+  // relu_after_pool_[i]: layer i is a ReLU feeding a 2x2 max pool. ReLU and max commute,
+  // so the ReLU runs on the pooled values (a quarter of them) and the full-size ReLU pass
+  // and its reverse mask are skipped; see forward() and backward().
+  std::vector<bool> relu_after_pool_;
   std::vector<BatchNormStatistics<T>> statistics_;
   std::vector<T> grad_[2], grad_tangent_[2];
   int allocated_examples_ = 0, allocated_tangent_examples_ = 0;
