@@ -1,4 +1,7 @@
 // 3x3 convolution over a batch of tasks, each with its own weights, by im2col + GEMM.
+// Two kinds of layer skip im2col: stride-1 'same' layers read shifted views of bordered
+// planes through indirect tiles (conv_shifted.h), and float layers with few input
+// channels use direct kernels (conv_direct.h). What remains here is the stride-2 path.
 //
 // Shapes: x [tasks, batch, cin, h, w], y [tasks, batch, cout, oh, ow], weights per task
 // [cout, cin, 3, 3] (a row-major [cout, cin*9] matrix, which is why no reshaping is
