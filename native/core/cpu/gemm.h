@@ -117,24 +117,24 @@ void pack_a(int m, int k, const T* a, MatrixView av, T* packed) {
   }
 }
 
-// packed[p * NR + c] = rows[c][p] for p < k, c < NR: a full sliver of a transposed B.
-// Returns false where no vector version exists (the caller loops instead).
+// packed[p * NR + c] = columns[c * stride + p] for p < k, c < NR: a full sliver of a
+// transposed B. Returns false where no vector version exists (the caller loops instead).
 template <class T>
-inline bool transpose_columns(int k, const T* const* rows, int NR, T* packed) {
+inline bool transpose_columns(int k, const T* columns, std::ptrdiff_t stride, int NR, T* packed) {
   return false;
 }
 #if defined(__AVX2__)
 // 8 x 8 blocks through registers (unpack, shuffle, permute): the scalar scatter it
 // replaces made the weight gradient's GEMM the slowest of the three.
 template <>
-inline bool transpose_columns<float>(int k, const float* const* rows, int NR, float* packed) {
+inline bool transpose_columns<float>(int k, const float* columns, std::ptrdiff_t stride, int NR, float* packed) {
   if (NR % 8 != 0) return false;
   const int k8 = k / 8 * 8;
   for (int c = 0; c < NR; c += 8) {
-    const float* const* src = rows + c;
+    const float* src = columns + c * stride;
     for (int p = 0; p < k8; p += 8) {
       __m256 r[8];
-      for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src[i] + p);
+      for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * stride + p);
       const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
       const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
       const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
@@ -154,7 +154,7 @@ inline bool transpose_columns<float>(int k, const float* const* rows, int NR, fl
       _mm256_storeu_ps(dst + 7 * NR, _mm256_permute2f128_ps(u3, u7, 0x31));
     }
     for (int i = 0; i < 8; ++i)
-      for (int p = k8; p < k; ++p) packed[p * NR + c + i] = src[i][p];
+      for (int p = k8; p < k; ++p) packed[p * NR + c + i] = src[i * stride + p];
   }
   return true;
 }
@@ -174,13 +174,9 @@ void pack_b(int k, int n, const T* b, MatrixView bv, T* packed) {
     } else if (bv.row_stride == 1) {
       // B is a transposed row-major matrix (the weight gradient's im2col^T): read each
       // column as the contiguous run it is and scatter into the sliver, which sits in L1.
-      if (cols == NR) {
-        const T* rows[NR];
-        for (int c = 0; c < NR; ++c) rows[c] = b + (j0 + c) * bv.col_stride;
-        if (transpose_columns(k, rows, NR, packed)) {
-          packed += k * NR;
-          continue;
-        }
+      if (cols == NR && transpose_columns(k, b + j0 * bv.col_stride, bv.col_stride, NR, packed)) {
+        packed += k * NR;
+        continue;
       }
       for (int c = 0; c < cols; ++c) {
         const T* src = b + (j0 + c) * bv.col_stride;
@@ -199,17 +195,6 @@ void pack_b(int k, int n, const T* b, MatrixView bv, T* packed) {
   }
 }
 
-// Where B comes from: packs depth [p0, p0 + kc) x columns [j0, j0 + nc) of B into NR-wide
-// slivers, zero padded. (One source today; the shape leaves room for B given otherwise.)
-template <class T>
-struct StridedB {  // B(p, j) = b[p * row_stride + j * col_stride]
-  const T* b;
-  MatrixView view;
-  template <int NR>
-  void pack(int p0, int kc, int j0, int nc, T* packed) const {
-    pack_b<T, NR>(kc, nc, b + p0 * view.row_stride + j0 * view.col_stride, view, packed);
-  }
-};
 // Writes an MR x NR tile of accumulators into C: C = alpha tile + beta C (beta 0 ignores C).
 template <class T, int MR, int NR>
 inline void store_tile(const T (&tile)[MR][NR], T* c, std::ptrdiff_t ldc, int rows, int cols, T alpha, T beta) {
@@ -367,9 +352,9 @@ void pack_a_all(int m, int k, const T* a, MatrixView av, T* packed) {
 }
 
 // packed_a: A already packed by pack_a_all (then a and av are unused), or null.
-template <class T, class S, class BSource>
-void gemm_tiled(int m, int n, int k, T alpha, const T* a, MatrixView av, const T* packed_a, const BSource& b, T beta,
-                T* c, std::ptrdiff_t ldc) {
+template <class T, class S>
+void gemm_tiled(int m, int n, int k, T alpha, const T* a, MatrixView av, const T* packed_a, const T* b, MatrixView bv,
+                T beta, T* c, std::ptrdiff_t ldc) {
   constexpr int MR = S::MR, NR = S::NR;
   const int blocks = depth_blocks(k), m_padded = round_up(m, MR);
   T* b_buffer = pack_buffer<T>(0, size_t(NC + NR) * KC_MAX);
@@ -379,7 +364,7 @@ void gemm_tiled(int m, int n, int k, T alpha, const T* a, MatrixView av, const T
     for (int pb = 0; pb < blocks; ++pb) {
       const int p0 = depth_begin(pb, blocks, k), kc = depth_begin(pb + 1, blocks, k) - p0;
       const T step_beta = pb == 0 ? beta : T(1);
-      b.template pack<NR>(p0, kc, j0, nc, b_buffer);
+      pack_b<T, NR>(kc, nc, b + p0 * bv.row_stride + j0 * bv.col_stride, bv, b_buffer);
       for (int i0 = 0; i0 < m; i0 += MC) {
         const int mc = std::min(MC, m - i0);
         const T* a_block;
@@ -440,9 +425,9 @@ void gemm_packed(gemm_detail::TileShape shape, int m, int n, int k, T alpha, con
   using namespace gemm_detail;
   if (m <= 0 || n <= 0 || k <= 0) return;  // callers of the packed form always have k > 0
   if (shape == TileShape::wide)
-    gemm_tiled<T, WideTile<T>>(m, n, k, alpha, nullptr, {0, 0}, packed_a, StridedB<T>{b, bv}, beta, c, ldc);
+    gemm_tiled<T, WideTile<T>>(m, n, k, alpha, nullptr, {0, 0}, packed_a, b, bv, beta, c, ldc);
   else
-    gemm_tiled<T, TallTile<T>>(m, n, k, alpha, nullptr, {0, 0}, packed_a, StridedB<T>{b, bv}, beta, c, ldc);
+    gemm_tiled<T, TallTile<T>>(m, n, k, alpha, nullptr, {0, 0}, packed_a, b, bv, beta, c, ldc);
 }
 
 // C[m x n] (row-major, leading dimension ldc) = alpha * A[m x k] B[k x n] + beta * C.
@@ -457,9 +442,9 @@ void gemm(int m, int n, int k, T alpha, const T* a, MatrixView av, const T* b, M
     return;
   }
   if (gemm_tile_shape<T>(m, n) == TileShape::wide)
-    gemm_tiled<T, WideTile<T>>(m, n, k, alpha, a, av, nullptr, StridedB<T>{b, bv}, beta, c, ldc);
+    gemm_tiled<T, WideTile<T>>(m, n, k, alpha, a, av, nullptr, b, bv, beta, c, ldc);
   else
-    gemm_tiled<T, TallTile<T>>(m, n, k, alpha, a, av, nullptr, StridedB<T>{b, bv}, beta, c, ldc);
+    gemm_tiled<T, TallTile<T>>(m, n, k, alpha, a, av, nullptr, b, bv, beta, c, ldc);
 }
 
 // The plain triple loop: the reference every fast path is checked against.
