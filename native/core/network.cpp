@@ -4,6 +4,7 @@
 #include <cmath>
 #include <stdexcept>
 
+#include "cpu/batch_norm_pool.h"
 #include "cpu/conv.h"
 #include "cpu/losses.h"
 #include "cpu/simple_layers.h"
@@ -26,11 +27,17 @@ ConvGeometry geometry(const Layer& l) {
           l.stride, l.pad_top, l.pad_left};
 }
 
+// Batch norm i feeds only a ReLU and a 2x2 max pool: the fused kernels apply.
+bool pools_batch_norm(const Architecture& a, size_t i) {
+  return i + 2 < a.layers.size() && a.layers[i].kind == LayerKind::BatchNorm &&
+         a.layers[i + 1].kind == LayerKind::ReLU && a.layers[i + 2].kind == LayerKind::MaxPool2;
+}
+
 }  // namespace
 
 template <class T>
-Network<T>::Network(const Architecture& architecture, T batch_norm_epsilon, size_t column_budget_bytes)
-    : arch_(architecture), epsilon_(batch_norm_epsilon), column_budget_bytes_(column_budget_bytes) {
+Network<T>::Network(const Architecture& architecture, T batch_norm_epsilon)
+    : arch_(architecture), epsilon_(batch_norm_epsilon) {
   const size_t layers = arch_.layers.size();
   buffer_of_.resize(layers + 1);
   buffer_of_[0] = 0;
@@ -41,7 +48,7 @@ Network<T>::Network(const Architecture& architecture, T batch_norm_epsilon, size
       buffer_of_[i + 1] = buffer_of_[i];  // in place
     } else {
       buffer_of_[i + 1] = int(buffer_width_.size());
-      buffer_width_.push_back(l.out.size());
+      buffer_width_.push_back(pools_batch_norm(arch_, i) ? 0 : l.out.size());
     }
   }
   buffers_.resize(buffer_width_.size());
@@ -51,13 +58,16 @@ Network<T>::Network(const Architecture& architecture, T batch_norm_epsilon, size
   relu_after_pool_.assign(layers, false);
   for (size_t i = 0; i + 1 < layers; ++i)
     relu_after_pool_[i] = arch_.layers[i].kind == LayerKind::ReLU && arch_.layers[i + 1].kind == LayerKind::MaxPool2;
+  pool_after_batch_norm_.assign(layers, false);
+  for (size_t i = 0; i < layers; ++i) pool_after_batch_norm_[i] = pools_batch_norm(arch_, i);
 }
 
 template <class T>
 double Network<T>::bytes_per_example(const Architecture& a, bool tangent) {
   double values = a.input.size(), widest = a.input.size(), indices = 0;
-  for (const Layer& l : a.layers) {
-    if (l.kind != LayerKind::ReLU) values += l.out.size();
+  for (size_t i = 0; i < a.layers.size(); ++i) {
+    const Layer& l = a.layers[i];
+    if (l.kind != LayerKind::ReLU && !pools_batch_norm(a, i)) values += l.out.size();
     if (l.kind == LayerKind::MaxPool2) indices += l.out.size();
     widest = std::max<double>(widest, l.in.size());
   }
@@ -72,8 +82,6 @@ size_t Network<T>::workspace_bytes() const {
   for (auto& b : buffer_tangents_) bytes += b.capacity() * sizeof(T);
   for (auto& b : argmax_) bytes += b.capacity() * sizeof(int32_t);
   for (int i = 0; i < 2; ++i) bytes += (grad_[i].capacity() + grad_tangent_[i].capacity()) * sizeof(T);
-  for (auto& copy : columns_)
-    for (auto& c : copy) bytes += c.capacity() * sizeof(T);
   return bytes;
 }
 
@@ -121,40 +129,10 @@ void Network<T>::allocate(int examples, bool tangent) {
 }
 
 template <class T>
-void Network<T>::prepare_column_stores(int64_t examples, bool tangent, bool backward) {
-  const size_t layers = arch_.layers.size();
-  for (auto& stores : column_stores_) stores.assign(layers, ColumnStore<T>{});
-  for (auto& columns : columns_) columns.resize(layers);
-  // a plain forward pass reads each column block once: the cache-sized scratch is faster
-  if (!backward && !tangent) return;
-  size_t held = 0;
-  for (int copy = 0; copy < 2; ++copy)
-    for (auto& c : columns_[copy]) held += c.capacity() * sizeof(T);
-  for (size_t i = 0; i < layers; ++i) {
-    const Layer& l = arch_.layers[i];
-    if (l.kind != LayerKind::Conv3x3 || !conv_uses_columns<T>(geometry(l))) continue;
-    const size_t need = size_t(9) * l.in.channels * l.out.height * l.out.width * size_t(examples);
-    // the network input has no tangent
-    for (int copy = 0; copy < (tangent && i > 0 ? 2 : 1); ++copy) {
-      std::vector<T>& c = columns_[copy][i];
-      const size_t grown = std::max(c.capacity(), need) * sizeof(T);
-      if (held - c.capacity() * sizeof(T) + grown > column_budget_bytes_) continue;
-      held += grown - c.capacity() * sizeof(T);
-      if (c.size() < need) {
-        c.reserve(need);  // exactly: the budget counts capacities
-        c.resize(need);
-      }
-      column_stores_[copy][i].data = c.data();
-    }
-  }
-}
-
-template <class T>
 void Network<T>::run(const PassData<T>& data, const T* const* params, const T* const* tangents,
                      const PassResult<T>& result) {
   if (data.tasks <= 0 || data.batch <= 0) throw std::invalid_argument("a pass needs at least one task and one example");
   allocate(data.tasks * data.batch, tangents != nullptr);
-  prepare_column_stores(int64_t(data.tasks) * data.batch, tangents != nullptr, result.grads != nullptr);
   forward(data, params, tangents);
 
   // loss per task, gradient of the logits into grad_[0]
@@ -200,11 +178,10 @@ void Network<T>::forward(const PassData<T>& data, const T* const* params, const 
     switch (l.kind) {
       case LayerKind::Conv3x3: {
         const ConvGeometry g = geometry(l);
-        ColumnStore<T>* cx = &column_stores_[0][i];
-        conv_forward<T>(g, tasks, batch, x, w.data(), b.data(), y, false, cx);
+        conv_forward<T>(g, tasks, batch, x, w.data(), b.data(), y, false);
         if (tangents) {
-          if (xt) conv_forward<T>(g, tasks, batch, xt, w.data(), bt.data(), yt, false, &column_stores_[1][i]);
-          conv_forward<T>(g, tasks, batch, x, wt.data(), xt ? nullptr : bt.data(), yt, xt != nullptr, cx);
+          if (xt) conv_forward<T>(g, tasks, batch, xt, w.data(), bt.data(), yt, false);
+          conv_forward<T>(g, tasks, batch, x, wt.data(), xt ? nullptr : bt.data(), yt, xt != nullptr);
         }
         break;
       }
@@ -219,8 +196,18 @@ void Network<T>::forward(const PassData<T>& data, const T* const* params, const 
       }
       case LayerKind::BatchNorm: {
         const BatchNormShape s{tasks, batch, l.in.channels, int64_t(l.in.height) * l.in.width};
-        batch_norm_forward<T>(s, epsilon_, x, l.weight >= 0 ? w.data() : nullptr, b.data(), y, statistics_[i], xt,
-                              l.weight >= 0 && tangents ? wt.data() : nullptr, tangents ? bt.data() : nullptr, yt);
+        const T* const* gamma = l.weight >= 0 ? w.data() : nullptr;
+        const T* const* gamma_tangent = l.weight >= 0 && tangents ? wt.data() : nullptr;
+        if (pool_after_batch_norm_[i]) {
+          const int pooled = buffer_of_[i + 3];
+          batch_norm_pool_forward<T>(s, l.in.height, l.in.width, epsilon_, x, gamma, b.data(), buffers_[pooled].data(),
+                                     argmax_[i + 2].data(), statistics_[i], xt, gamma_tangent,
+                                     tangents ? bt.data() : nullptr,
+                                     tangents ? buffer_tangents_[pooled].data() : nullptr);
+          break;
+        }
+        batch_norm_forward<T>(s, epsilon_, x, gamma, b.data(), y, statistics_[i], xt, gamma_tangent,
+                              tangents ? bt.data() : nullptr, yt);
         break;
       }
       case LayerKind::ReLU: {
@@ -234,8 +221,10 @@ void Network<T>::forward(const PassData<T>& data, const T* const* params, const 
         // pool(relu(x)) = relu(pool(x)); where the window's max is <= 0 both give 0 and the
         // mask [y > 0] stops every gradient and tangent, so the argmax taken on x is as good
         const int64_t planes = examples * l.in.channels;
-        max_pool_forward<T>(planes, l.in.height, l.in.width, x, y, argmax_[i].data());
-        if (yt) max_pool_gather<T>(planes, l.in.height, l.in.width, xt, argmax_[i].data(), yt);
+        if (!(i > 1 && pool_after_batch_norm_[i - 2])) {  // else the batch norm pooled already
+          max_pool_forward<T>(planes, l.in.height, l.in.width, x, y, argmax_[i].data());
+          if (yt) max_pool_gather<T>(planes, l.in.height, l.in.width, xt, argmax_[i].data(), yt);
+        }
         if (i > 0 && relu_after_pool_[i - 1]) {
           relu_forward<T>(examples * l.out.size(), y);
           if (yt) relu_mask<T>(examples * l.out.size(), y, yt);
@@ -276,13 +265,12 @@ void Network<T>::backward(const PassData<T>& data, const T* const* params, const
     switch (l.kind) {
       case LayerKind::Conv3x3: {
         const ConvGeometry g = geometry(l);
-        const ColumnStore<T>* cx = &column_stores_[0][i];
-        conv_weight_grad<T>(g, tasks, batch, x, yg, wg.data(), bg.data(), false, cx);
+        conv_weight_grad<T>(g, tasks, batch, x, yg, wg.data(), bg.data(), false);
         if (xg) conv_input_grad<T>(g, tasks, batch, yg, w.data(), xg, false);
         if (tangent) {
           // W_grad' = correlate(x', y_grad) + correlate(x, y_grad');  x_grad' = convT(y_grad', W) + convT(y_grad, W')
-          conv_weight_grad<T>(g, tasks, batch, x, ygt, wgt.data(), bgt.data(), false, cx);
-          if (xt) conv_weight_grad<T>(g, tasks, batch, xt, yg, wgt.data(), nullptr, true, &column_stores_[1][i]);
+          conv_weight_grad<T>(g, tasks, batch, x, ygt, wgt.data(), bgt.data(), false);
+          if (xt) conv_weight_grad<T>(g, tasks, batch, xt, yg, wgt.data(), nullptr, true);
           if (xgt) conv_input_grad<T>(g, tasks, batch, ygt, w.data(), xgt, false, yg, wt.data());
         }
         break;
@@ -304,6 +292,13 @@ void Network<T>::backward(const PassData<T>& data, const T* const* params, const
       case LayerKind::BatchNorm: {
         const BatchNormShape s{tasks, batch, l.in.channels, int64_t(l.in.height) * l.in.width};
         const bool scale = l.weight >= 0;
+        if (pool_after_batch_norm_[i]) {  // yg, ygt: the pooled gradients (the pool above left them)
+          batch_norm_pool_backward<T>(s, l.in.height, l.in.width, x, scale ? w.data() : nullptr, statistics_[i], yg,
+                                      argmax_[i + 2].data(), xg, scale ? wg.data() : nullptr, bg.data(), xt,
+                                      scale && tangent ? wt.data() : nullptr, ygt, xgt,
+                                      scale && tangent ? wgt.data() : nullptr, tangent ? bgt.data() : nullptr);
+          break;
+        }
         batch_norm_backward<T>(s, x, scale ? w.data() : nullptr, statistics_[i], yg, xg, scale ? wg.data() : nullptr,
                                bg.data(), xt, scale && tangent ? wt.data() : nullptr, ygt, xgt,
                                scale && tangent ? wgt.data() : nullptr, tangent ? bgt.data() : nullptr);
@@ -323,6 +318,10 @@ void Network<T>::backward(const PassData<T>& data, const T* const* params, const
           // the ReLU's reverse rule on the pooled gradient: only the argmax positions carry one
           relu_mask<T>(examples * l.out.size(), y, yg);
           if (ygt) relu_mask<T>(examples * l.out.size(), y, ygt);
+        }
+        if (i > 1 && pool_after_batch_norm_[i - 2]) {
+          swapped = false;  // the batch norm below reads the pooled gradients as they are
+          break;
         }
         if (xg) max_pool_scatter<T>(planes, l.in.height, l.in.width, yg, argmax_[i].data(), xg);
         if (xgt) max_pool_scatter<T>(planes, l.in.height, l.in.width, ygt, argmax_[i].data(), xgt);

@@ -36,10 +36,7 @@ struct PassResult {
 template <class T>
 class Network {
  public:
-  static constexpr size_t default_column_budget_bytes = size_t(160) << 20;
-  // column_budget_bytes: memory for keeping im2col matrices within a pass (0: rebuild them)
-  explicit Network(const Architecture& architecture, T batch_norm_epsilon = T(1e-3),
-                   size_t column_budget_bytes = default_column_budget_bytes);
+  explicit Network(const Architecture& architecture, T batch_norm_epsilon = T(1e-3));
 
   // params[t] / tangents[t]: flat vectors of task t (tangents null: no tangent pass).
   void run(const PassData<T>& data, const T* const* params, const T* const* tangents, const PassResult<T>& result);
@@ -56,7 +53,6 @@ class Network {
 
  private:
   void allocate(int examples, bool tangent);
-  void prepare_column_stores(int64_t examples, bool tangent, bool backward);
   void forward(const PassData<T>& data, const T* const* params, const T* const* tangents);
   void backward(const PassData<T>& data, const T* const* params, const T* const* tangents, const PassResult<T>& result);
 
@@ -71,15 +67,14 @@ class Network {
   // so the ReLU runs on the pooled values (a quarter of them) and the full-size ReLU pass
   // and its reverse mask are skipped; see forward() and backward().
   std::vector<bool> relu_after_pool_;
+  // pool_after_batch_norm_[i]: layer i is a batch norm whose output only feeds that ReLU and
+  // pool (i + 1, i + 2). The two run fused (cpu/batch_norm_pool.h): the batch norm writes
+  // the pooled values, the pool layer only applies the ReLU, and the full-size output of
+  // the batch norm is never stored (its buffer stays empty).
+  std::vector<bool> pool_after_batch_norm_;
   std::vector<BatchNormStatistics<T>> statistics_;
   std::vector<T> grad_[2], grad_tangent_[2];
   int allocated_examples_ = 0, allocated_tangent_examples_ = 0;
-  // Each conv layer's im2col(input) [0] and im2col(input tangent) [1], kept for one pass so
-  // the tangent forward and the weight gradients reuse them. Layers are kept in order while
-  // they fit the budget; the rest rebuild their columns (same numbers, more time).
-  size_t column_budget_bytes_;
-  std::vector<std::vector<T>> columns_[2];
-  std::vector<ColumnStore<T>> column_stores_[2];
 };
 
 extern template class Network<float>;

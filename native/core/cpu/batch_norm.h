@@ -30,6 +30,44 @@ struct BatchNormShape {
   int64_t at(int task, int n, int c) const { return ((int64_t(task) * batch + n) * channels + c) * plane; }
 };
 
+// Mean and (var + eps)^(-1/2) of channel c of a task, in two passes (the variance about
+// the mean: one pass of sum and sum of squares cancels badly in float, see DESIGN.md).
+template <class T>
+void batch_norm_moments(const BatchNormShape& s, T epsilon, const T* x, int task, int c, T* mean, T* inv_std) {
+  const T inv_m = T(1) / T(s.positions());
+  T sum[1] = {0};
+  for (int n = 0; n < s.batch; ++n) {
+    const T* p = x + s.at(task, n, c);
+    lane_sums<T, 1>(s.plane, sum, [&](auto load, auto* t) { t[0] = load(p); });
+  }
+  const T m = sum[0] * inv_m;
+  T squares[1] = {0};
+  for (int n = 0; n < s.batch; ++n) {
+    const T* p = x + s.at(task, n, c);
+    lane_sums<T, 1>(s.plane, squares, [&](auto load, auto* t) { t[0] = (load(p) - m) * (load(p) - m); });
+  }
+  *mean = m;
+  *inv_std = T(1) / std::sqrt(squares[0] * inv_m + epsilon);
+}
+
+// mean(x') and mean(x_hat x') of channel c of a task.
+template <class T>
+void batch_norm_tangent_moments(const BatchNormShape& s, const T* x, const T* x_tangent, int task, int c, T mean,
+                                T inv_std, T* tangent_mean, T* tangent_xhat_mean) {
+  const T inv_m = T(1) / T(s.positions());
+  T sums[2] = {0, 0};  // sum(x'), sum(x_hat x')
+  for (int n = 0; n < s.batch; ++n) {
+    const T* p = x + s.at(task, n, c);
+    const T* t = x_tangent + s.at(task, n, c);
+    lane_sums<T, 2>(s.plane, sums, [&](auto load, auto* out) {
+      out[0] = load(t);
+      out[1] = (load(p) - mean) * inv_std * load(t);
+    });
+  }
+  *tangent_mean = sums[0] * inv_m;
+  *tangent_xhat_mean = sums[1] * inv_m;
+}
+
 // gamma/beta: per task pointers (gamma may be null: scale 1). Tangents of x, gamma and beta
 // are optional (null: no tangent pass).
 template <class T>
@@ -43,21 +81,10 @@ void batch_norm_forward(const BatchNormShape& s, T epsilon, const T* x, const T*
     stats.tangent_mean.resize(count);
     stats.tangent_xhat_mean.resize(count);
   }
-  const T inv_m = T(1) / T(s.positions());
   parallel_for(count, [&](int64_t unit) {
     const int task = int(unit / s.channels), c = int(unit % s.channels);
-    T sum[1] = {0};
-    for (int n = 0; n < s.batch; ++n) {
-      const T* p = x + s.at(task, n, c);
-      lane_sums<T, 1>(s.plane, sum, [&](auto load, auto* t) { t[0] = load(p); });
-    }
-    const T mean = sum[0] * inv_m;
-    T squares[1] = {0};
-    for (int n = 0; n < s.batch; ++n) {
-      const T* p = x + s.at(task, n, c);
-      lane_sums<T, 1>(s.plane, squares, [&](auto load, auto* t) { t[0] = (load(p) - mean) * (load(p) - mean); });
-    }
-    const T inv_std = T(1) / std::sqrt(squares[0] * inv_m + epsilon);
+    T mean, inv_std;
+    batch_norm_moments(s, epsilon, x, task, c, &mean, &inv_std);
     stats.mean[unit] = mean;
     stats.inv_std[unit] = inv_std;
     const T g = gamma && gamma[task] ? gamma[task][c] : T(1);
@@ -68,16 +95,8 @@ void batch_norm_forward(const BatchNormShape& s, T epsilon, const T* x, const T*
       for (int64_t i = 0; i < s.plane; ++i) q[i] = g * (p[i] - mean) * inv_std + b;
     }
     if (!x_tangent) return;
-    T tangent_sums[2] = {0, 0};  // sum(x'), sum(x_hat x')
-    for (int n = 0; n < s.batch; ++n) {
-      const T* p = x + s.at(task, n, c);
-      const T* t = x_tangent + s.at(task, n, c);
-      lane_sums<T, 2>(s.plane, tangent_sums, [&](auto load, auto* out) {
-        out[0] = load(t);
-        out[1] = (load(p) - mean) * inv_std * load(t);
-      });
-    }
-    const T tangent_mean = tangent_sums[0] * inv_m, tangent_xhat_mean = tangent_sums[1] * inv_m;
+    T tangent_mean, tangent_xhat_mean;
+    batch_norm_tangent_moments(s, x, x_tangent, task, c, mean, inv_std, &tangent_mean, &tangent_xhat_mean);
     stats.tangent_mean[unit] = tangent_mean;
     stats.tangent_xhat_mean[unit] = tangent_xhat_mean;
     const T g_dot = gamma_tangent && gamma_tangent[task] ? gamma_tangent[task][c] : T(0);

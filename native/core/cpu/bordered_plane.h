@@ -1,5 +1,5 @@
-// A plane copied into a larger zero-filled one: the padded input both the bordered
-// im2col/col2im (conv.h) and the direct convolution (conv_direct.h) read without bounds.
+// A plane copied into a larger zero-filled one: the padded input the indirect
+// (conv_indirect.h) and direct (conv_direct.h) convolutions read without bounds.
 #pragma once
 #include <algorithm>
 

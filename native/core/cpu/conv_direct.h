@@ -7,8 +7,8 @@
 // Register tile: 4 output channels (cout a multiple of 4) x 3 vectors of 8 positions = 12 accumulators; per tap
 // 3 loads of the image, 4 weight broadcasts, 12 FMAs (forward); the weight gradient
 // holds 4 channels x 3 horizontal taps and reads 3 shifted image rows + 4 gradient rows.
-// Float and AVX2 only; everything else takes the im2col path, which the same tests
-// compare this one against (tests/test_layers.cpp).
+// Float and AVX2 only; everything else takes the indirect tiles (conv_indirect.h), which
+// the same tests compare this one against (tests/test_layers.cpp).
 #pragma once
 #include <algorithm>
 #include <cstdint>

@@ -20,6 +20,7 @@
 #pragma once
 #include <algorithm>
 #include <cstddef>
+#include <cstdint>
 #include <vector>
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
@@ -261,23 +262,29 @@ MAML_UNROLL(4)
 }
 
 // Indirect tiles: tile[r * NR + c] = sum_{p < k} A(r, p) b[p * NR + c], with A not packed
-// but read through pointers, and B one packed NR-wide sliver. The caller stores the tile
-// wherever its output goes (cpu/conv_shifted.h scatters it into an image).
-//   indirect_tile_columns: A(r, p) = columns[p][offset + r]  (A^T's rows are given)
-//   indirect_tile_rows:    A(r, p) = rows[r][p]               (A's rows are given)
-// add: the tile already holds a partial sum (an earlier depth block) to add to.
+// but read through pointers and offsets, and B one packed NR-wide sliver. The caller
+// stores the tile wherever its output goes (cpu/conv_indirect.h scatters it into images).
+//   indirect_tile_columns: A(r, p) = columns[p][at[r]]   (MR offsets: one per tile row)
+//   indirect_tile_rows:    A(r, p) = rows[r][at[p]]      (k offsets: one per depth step)
+// The offsets let a tile's rows be any positions of a strided, padded image, so nothing
+// is computed twice or copied into a matrix first. add: the tile already holds a partial
+// sum (an earlier depth block) to add to.
 template <class T, class S>
-__attribute__((noinline)) void indirect_tile_columns(int k, const T* const* __restrict columns, std::ptrdiff_t offset,
-                                                     const T* __restrict b, bool add, T* __restrict tile) {
+__attribute__((noinline)) void indirect_tile_columns(int k, const T* const* __restrict columns,
+                                                     const int32_t* __restrict at, const T* __restrict b, bool add,
+                                                     T* __restrict tile) {
   using V = typename Simd<T>::V;
   constexpr int MR = S::MR, NV = S::NV, L = Simd<T>::lanes;
+  std::ptrdiff_t offset[MR];
+MAML_UNROLL(8)
+  for (int r = 0; r < MR; ++r) offset[r] = at[r];
   V acc[MR][NV];
 MAML_UNROLL(8)
   for (int r = 0; r < MR; ++r)
 MAML_UNROLL(4)
     for (int v = 0; v < NV; ++v) acc[r][v] = add ? Simd<T>::load(tile + r * NV * L + v * L) : Simd<T>::zero();
   for (int p = 0; p < k; ++p) {
-    const T* a = columns[p] + offset;
+    const T* a = columns[p];
     V bv[NV];
 MAML_UNROLL(4)
     for (int v = 0; v < NV; ++v) {
@@ -286,7 +293,7 @@ MAML_UNROLL(4)
     }
 MAML_UNROLL(8)
     for (int r = 0; r < MR; ++r) {
-      const V ar = Simd<T>::broadcast(a + r);
+      const V ar = Simd<T>::broadcast(a + offset[r]);
 MAML_UNROLL(4)
       for (int v = 0; v < NV; ++v) acc[r][v] = Simd<T>::fma(ar, bv[v], acc[r][v]);
     }
@@ -299,8 +306,8 @@ MAML_UNROLL(4)
 }
 
 template <class T, class S>
-__attribute__((noinline)) void indirect_tile_rows(int k, const T* const* __restrict rows, const T* __restrict b,
-                                                  bool add, T* __restrict tile) {
+__attribute__((noinline)) void indirect_tile_rows(int k, const T* const* __restrict rows, const int32_t* __restrict at,
+                                                  const T* __restrict b, bool add, T* __restrict tile) {
   using V = typename Simd<T>::V;
   constexpr int MR = S::MR, NV = S::NV, L = Simd<T>::lanes;
   const T* a[MR];
@@ -312,6 +319,7 @@ MAML_UNROLL(8)
 MAML_UNROLL(4)
     for (int v = 0; v < NV; ++v) acc[r][v] = add ? Simd<T>::load(tile + r * NV * L + v * L) : Simd<T>::zero();
   for (int p = 0; p < k; ++p) {
+    const std::ptrdiff_t offset = at[p];
     V bv[NV];
 MAML_UNROLL(4)
     for (int v = 0; v < NV; ++v) {
@@ -320,7 +328,7 @@ MAML_UNROLL(4)
     }
 MAML_UNROLL(8)
     for (int r = 0; r < MR; ++r) {
-      const V ar = Simd<T>::broadcast(a[r] + p);
+      const V ar = Simd<T>::broadcast(a[r] + offset);
 MAML_UNROLL(4)
       for (int v = 0; v < NV; ++v) acc[r][v] = Simd<T>::fma(ar, bv[v], acc[r][v]);
     }

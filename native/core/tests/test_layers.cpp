@@ -5,6 +5,7 @@
 #include "architecture.h"
 #include "check.h"
 #include "cpu/batch_norm.h"
+#include "cpu/batch_norm_pool.h"
 #include "cpu/conv.h"
 #include "cpu/losses.h"
 #include "cpu/simple_layers.h"
@@ -70,7 +71,7 @@ TEST(conv_forward_and_gradients_match_direct_convolution_and_finite_differences)
   struct Case { int h, stride; Padding padding; };
   for (Case c : {Case{7, 2, Padding::TensorFlowSame}, Case{8, 2, Padding::TensorFlowSame}, Case{8, 2, Padding::Symmetric},
                  Case{5, 1, Padding::TensorFlowSame}, Case{6, 1, Padding::Symmetric},
-                 // output rows over 16: the row-segment im2col/col2im instead of the bordered planes
+                 // output rows over 16, and planes of one example per group
                  Case{20, 1, Padding::TensorFlowSame}, Case{34, 2, Padding::TensorFlowSame},
                  Case{35, 2, Padding::Symmetric}}) {
     ConvGeometry g{2, c.h, c.h, 3, 0, 0, c.stride, 0, 0};
@@ -124,7 +125,7 @@ TEST(conv_forward_and_gradients_match_direct_convolution_and_finite_differences)
 }
 
 // Float layers with few input channels at stride 1 (the miniimagenet input layer) take the
-// direct kernels of cpu/conv_direct.h; double takes the shifted-view GEMM. Both must give the
+// direct kernels of cpu/conv_direct.h; double takes the indirect GEMM tiles. Both must give the
 // same forward (plain and accumulated) and weight and bias gradients, at widths that end in
 // a full three-vector tile or a tail of one, two or three vectors.
 TEST(direct_float_convolution_matches_the_gemm_path) {
@@ -171,68 +172,96 @@ TEST(direct_float_convolution_matches_the_gemm_path) {
   }
 }
 
-// Stride-1 layers of the miniimagenet size class take the shifted views of
-// cpu/conv_shifted.h: here with a depth of 180 (two depth blocks), 20 output channels
-// (a partial sliver of 16, or of 8 in double), and 17 x 19 extended positions (two
-// chunks, the last tile past the end). The forward against the definition, the two
-// gradients as exact adjoints of it, the input gradient's second pair, and float
-// against double.
-TEST(shifted_view_convolution_matches_the_definition_and_its_adjoints) {
-  ConvGeometry g{20, 17, 17, 20, 17, 17, 1, 1, 1};
-  CHECK(shifted_conv::applies(g) && !conv_uses_columns<double>(g) && !conv_uses_columns<float>(g));
-  const int tasks = 2, batch = 2;
-  std::mt19937_64 rng(17);
-  const Vec x = maml_test::random_vector(tasks * batch * g.in_size(), rng);
-  const Vec w = maml_test::random_vector(tasks * g.cout * g.depth(), rng), b = maml_test::random_vector(tasks * g.cout, rng);
-  const Vec w2 = maml_test::random_vector(w.size(), rng);
-  const Vec r = maml_test::random_vector(tasks * batch * g.out_size(), rng), r2 = maml_test::random_vector(r.size(), rng);
-  const int64_t ws = int64_t(g.cout) * g.depth();
-  const double* wp[2] = {w.data(), w.data() + ws};
-  const double* w2p[2] = {w2.data(), w2.data() + ws};
-  const double* bp[2] = {b.data(), b.data() + g.cout};
-  // forward, then a second forward accumulated onto it, against the definition
-  Vec y(r.size());
-  conv_forward<double>(g, tasks, batch, x.data(), wp, bp, y.data(), false);
-  conv_forward<double>(g, tasks, batch, x.data(), w2p, nullptr, y.data(), true);
-  for (int t = 0; t < tasks; ++t)
-    for (int n = 0; n < batch; ++n) {
-      const Vec xe(x.begin() + (t * batch + n) * g.in_size(), x.begin() + (t * batch + n + 1) * g.in_size());
-      const Vec we(w.begin() + t * ws, w.begin() + (t + 1) * ws), w2e(w2.begin() + t * ws, w2.begin() + (t + 1) * ws);
-      const Vec be(b.begin() + t * g.cout, b.begin() + (t + 1) * g.cout);
-      Vec want = conv_direct(g, xe, we, be);
-      const Vec second = conv_direct(g, xe, w2e, Vec(g.cout, 0.0));
-      for (size_t i = 0; i < want.size(); ++i) want[i] += second[i];
-      const Vec got(y.begin() + (t * batch + n) * g.out_size(), y.begin() + (t * batch + n + 1) * g.out_size());
-      CHECK_LESS(maml_test::relative_error(got, want), 1e-13, "shifted forward vs the definition");
+// Every layer but the direct float input layer takes the indirect tiles of
+// cpu/conv_indirect.h. Here with a depth of 180 (two depth blocks) and 20 output channels
+// (a partial sliver of 16, or of 8 in double), at stride 1 and at stride 2 with even,
+// odd and non-square sizes, both paddings, and groups of several examples (the last one
+// short). The forward against the definition, the two gradients as exact adjoints of
+// it, the input gradient's second pair, and float against double.
+TEST(indirect_convolution_matches_the_definition_and_its_adjoints) {
+  struct Case { int h, w, stride; Padding padding; };
+  for (Case c : {Case{17, 17, 1, Padding::TensorFlowSame}, Case{16, 16, 2, Padding::TensorFlowSame},
+                 Case{7, 7, 2, Padding::TensorFlowSame}, Case{15, 15, 2, Padding::Symmetric},
+                 Case{11, 6, 2, Padding::TensorFlowSame}, Case{4, 4, 2, Padding::Symmetric}}) {
+    ConvGeometry g{20, c.h, c.w, 20, 0, 0, c.stride, 0, 0};
+    conv_geometry(c.h, c.stride, c.padding, &g.oh, &g.pad_top);
+    conv_geometry(c.w, c.stride, c.padding, &g.ow, &g.pad_left);
+    const std::string name = std::to_string(c.h) + "x" + std::to_string(c.w) + " stride " + std::to_string(c.stride);
+    CHECK(!conv_is_direct<float>(g));
+    const int tasks = 2, batch = 5;
+    std::mt19937_64 rng(c.h * 100 + c.w);
+    const Vec x = maml_test::random_vector(tasks * batch * g.in_size(), rng);
+    const Vec w = maml_test::random_vector(tasks * g.cout * g.depth(), rng), b = maml_test::random_vector(tasks * g.cout, rng);
+    const Vec w2 = maml_test::random_vector(w.size(), rng);
+    const Vec r = maml_test::random_vector(tasks * batch * g.out_size(), rng), r2 = maml_test::random_vector(r.size(), rng);
+    const int64_t ws = int64_t(g.cout) * g.depth();
+    const double* wp[2] = {w.data(), w.data() + ws};
+    const double* w2p[2] = {w2.data(), w2.data() + ws};
+    const double* bp[2] = {b.data(), b.data() + g.cout};
+    // forward, then a second forward accumulated onto it, against the definition
+    Vec y(r.size());
+    conv_forward<double>(g, tasks, batch, x.data(), wp, bp, y.data(), false);
+    conv_forward<double>(g, tasks, batch, x.data(), w2p, nullptr, y.data(), true);
+    double worst = 0;
+    for (int t = 0; t < tasks; ++t)
+      for (int n = 0; n < batch; ++n) {
+        const Vec xe(x.begin() + (t * batch + n) * g.in_size(), x.begin() + (t * batch + n + 1) * g.in_size());
+        const Vec we(w.begin() + t * ws, w.begin() + (t + 1) * ws), w2e(w2.begin() + t * ws, w2.begin() + (t + 1) * ws);
+        const Vec be(b.begin() + t * g.cout, b.begin() + (t + 1) * g.cout);
+        Vec want = conv_direct(g, xe, we, be);
+        const Vec second = conv_direct(g, xe, w2e, Vec(g.cout, 0.0));
+        for (size_t i = 0; i < want.size(); ++i) want[i] += second[i];
+        const Vec got(y.begin() + (t * batch + n) * g.out_size(), y.begin() + (t * batch + n + 1) * g.out_size());
+        worst = std::max(worst, maml_test::relative_error(got, want));
+      }
+    CHECK_LESS(worst, 1e-13, "indirect forward vs the definition, " + name);
+    // adjoints: <r, conv(x; W)> = <x_grad(r; W), x> = <W_grad(x, r), W>, with the second pair;
+    // x_grad starts as garbage: every input position must be written
+    Vec y0(r.size()), y02(r.size()), xg(x.size(), 1e300), wg(w.size(), 1e300), bg(b.size());
+    conv_forward<double>(g, tasks, batch, x.data(), wp, nullptr, y0.data(), false);
+    conv_forward<double>(g, tasks, batch, x.data(), w2p, nullptr, y02.data(), false);
+    conv_input_grad<double>(g, tasks, batch, r.data(), wp, xg.data(), false, r2.data(), w2p);
+    double* wgp[2] = {wg.data(), wg.data() + ws};
+    double* bgp[2] = {bg.data(), bg.data() + g.cout};
+    conv_weight_grad<double>(g, tasks, batch, x.data(), r.data(), wgp, bgp, false);
+    CHECK_CLOSE(dot(xg, x), dot(r, y0) + dot(r2, y02), 1e-12, 1e-12, "input gradient (two pairs) is the adjoint, " + name);
+    CHECK_CLOSE(dot(wg, w), dot(r, y0), 1e-12, 1e-12, "weight gradient is the adjoint, " + name);
+    // one input coordinate and one weight at a time (a sum over all could hide a swap)
+    for (int64_t i : {int64_t(0), int64_t(x.size()) - 1, int64_t(g.in_size()) + g.w + 1}) {
+      Vec e(x.size(), 0);
+      e[i] = 1;
+      Vec ye(r.size()), ye2(r.size());
+      conv_forward<double>(g, tasks, batch, e.data(), wp, nullptr, ye.data(), false);
+      conv_forward<double>(g, tasks, batch, e.data(), w2p, nullptr, ye2.data(), false);
+      CHECK_CLOSE(xg[i], dot(r, ye) + dot(r2, ye2), 1e-12, 1e-12, "input gradient element " + std::to_string(i) + ", " + name);
     }
-  // adjoints: <r, conv(x; W)> = <x_grad(r; W), x> = <W_grad(x, r), W>, with the second pair
-  Vec y0(r.size()), y02(r.size()), xg(x.size()), wg(w.size()), bg(b.size());
-  conv_forward<double>(g, tasks, batch, x.data(), wp, nullptr, y0.data(), false);
-  conv_forward<double>(g, tasks, batch, x.data(), w2p, nullptr, y02.data(), false);
-  conv_input_grad<double>(g, tasks, batch, r.data(), wp, xg.data(), false, r2.data(), w2p);
-  double* wgp[2] = {wg.data(), wg.data() + ws};
-  double* bgp[2] = {bg.data(), bg.data() + g.cout};
-  conv_weight_grad<double>(g, tasks, batch, x.data(), r.data(), wgp, bgp, false);
-  CHECK_CLOSE(dot(xg, x), dot(r, y0) + dot(r2, y02), 1e-12, 1e-12, "input gradient (two pairs) is the adjoint");
-  CHECK_CLOSE(dot(wg, w), dot(r, y0), 1e-12, 1e-12, "weight gradient is the adjoint");
-  double rsum = 0;
-  for (int t = 0; t < tasks; ++t)
-    for (int n = 0; n < batch; ++n)
-      for (int64_t i = 0; i < g.out_plane(); ++i) rsum += r[(t * batch + n) * g.out_size() + 3 * g.out_plane() + i];
-  CHECK_CLOSE(bg[3] + bg[g.cout + 3], rsum, 1e-12, 1e-12, "bias gradient of one channel");
-  // float against double
-  const std::vector<float> xf(x.begin(), x.end()), wf(w.begin(), w.end()), rf(r.begin(), r.end());
-  const float* wpf[2] = {wf.data(), wf.data() + ws};
-  std::vector<float> yf(r.size()), xgf(x.size()), wgf(w.size());
-  float* wgpf[2] = {wgf.data(), wgf.data() + ws};
-  conv_forward<float>(g, tasks, batch, xf.data(), wpf, nullptr, yf.data(), false);
-  conv_input_grad<float>(g, tasks, batch, rf.data(), wpf, xgf.data(), false);
-  conv_weight_grad<float>(g, tasks, batch, xf.data(), rf.data(), wgpf, nullptr, false);
-  Vec xg1(x.size());
-  conv_input_grad<double>(g, tasks, batch, r.data(), wp, xg1.data(), false);
-  CHECK_LESS(maml_test::relative_error(Vec(yf.begin(), yf.end()), y0), 1e-5, "float shifted forward");
-  CHECK_LESS(maml_test::relative_error(Vec(xgf.begin(), xgf.end()), xg1), 1e-5, "float shifted input gradient");
-  CHECK_LESS(maml_test::relative_error(Vec(wgf.begin(), wgf.end()), wg), 1e-5, "float shifted weight gradient");
+    for (int64_t i : {int64_t(0), ws - 1, ws + 7}) {
+      Vec e(w.size(), 0);
+      e[i] = 1;
+      const double* ep[2] = {e.data(), e.data() + ws};
+      Vec ye(r.size());
+      conv_forward<double>(g, tasks, batch, x.data(), ep, nullptr, ye.data(), false);
+      CHECK_CLOSE(wg[i], dot(r, ye), 1e-12, 1e-12, "weight gradient element " + std::to_string(i) + ", " + name);
+    }
+    double rsum = 0;
+    for (int t = 0; t < tasks; ++t)
+      for (int n = 0; n < batch; ++n)
+        for (int64_t i = 0; i < g.out_plane(); ++i) rsum += r[(t * batch + n) * g.out_size() + 3 * g.out_plane() + i];
+    CHECK_CLOSE(bg[3] + bg[g.cout + 3], rsum, 1e-12, 1e-12, "bias gradient of one channel, " + name);
+    // float against double
+    const std::vector<float> xf(x.begin(), x.end()), wf(w.begin(), w.end()), rf(r.begin(), r.end());
+    const float* wpf[2] = {wf.data(), wf.data() + ws};
+    std::vector<float> yf(r.size()), xgf(x.size()), wgf(w.size());
+    float* wgpf[2] = {wgf.data(), wgf.data() + ws};
+    conv_forward<float>(g, tasks, batch, xf.data(), wpf, nullptr, yf.data(), false);
+    conv_input_grad<float>(g, tasks, batch, rf.data(), wpf, xgf.data(), false);
+    conv_weight_grad<float>(g, tasks, batch, xf.data(), rf.data(), wgpf, nullptr, false);
+    Vec xg1(x.size());
+    conv_input_grad<double>(g, tasks, batch, r.data(), wp, xg1.data(), false);
+    CHECK_LESS(maml_test::relative_error(Vec(yf.begin(), yf.end()), y0), 1e-5, "float indirect forward, " + name);
+    CHECK_LESS(maml_test::relative_error(Vec(xgf.begin(), xgf.end()), xg1), 1e-5, "float indirect input gradient, " + name);
+    CHECK_LESS(maml_test::relative_error(Vec(wgf.begin(), wgf.end()), wg), 1e-5, "float indirect weight gradient, " + name);
+  }
 }
 
 // Batch norm over [tasks, batch, channels, plane], with the learned scale present.
@@ -310,6 +339,62 @@ TEST(batch_norm_reverse_and_tangent_rules_match_finite_differences) {
   tangent_grads.insert(tangent_grads.end(), ggt.begin(), ggt.end());
   tangent_grads.insert(tangent_grads.end(), bgt.begin(), bgt.end());
   CHECK_LESS(maml_test::relative_error(tangent_grads, fd_grads), 1e-7, "batch norm reverse-rule tangent");
+}
+
+// The fused batch norm + 2x2 max pool of cpu/batch_norm_pool.h against the two layers
+// run apart: an odd width (the last column is dropped), a negative scale (the max of y is
+// the min of x there) and ties in the windows, both directions and their tangents.
+TEST(fused_batch_norm_and_max_pool_match_the_separate_layers) {
+  const int h = 6, w = 7, C = 2;
+  const BatchNormShape shape{2, 3, C, int64_t(h) * w};
+  const size_t n = size_t(shape.tasks) * shape.batch * C * h * w, pn = n / (h * w) * (h / 2) * (w / 2);
+  const size_t p = size_t(shape.tasks) * C;
+  std::mt19937_64 rng(11);
+  Vec x = maml_test::random_vector(n, rng, 2.0), gamma = maml_test::random_vector(p, rng), beta = maml_test::random_vector(p, rng);
+  for (size_t i = 0; i < n; i += 5) x[i + 1 < n ? i + 1 : i] = x[i];  // ties
+  gamma[1] = -std::abs(gamma[1]);
+  const Vec dx = maml_test::random_vector(n, rng), dgamma = maml_test::random_vector(p, rng), dbeta = maml_test::random_vector(p, rng);
+  const Vec pg = maml_test::random_vector(pn, rng), pgt = maml_test::random_vector(pn, rng);
+  const double* gp[2] = {gamma.data(), gamma.data() + C};
+  const double* bp[2] = {beta.data(), beta.data() + C};
+  const double* gtp[2] = {dgamma.data(), dgamma.data() + C};
+  const double* btp[2] = {dbeta.data(), dbeta.data() + C};
+  const int64_t planes = int64_t(n / (h * w));
+  // apart
+  Vec y(n), yt(n), pooled(pn), pooled_t(pn), xg(n), xgt(n), yg(n), ygt(n);
+  std::vector<int32_t> argmax(pn);
+  Vec gg(p), bg(p), ggt(p), bgt(p);
+  double* ggp[2] = {gg.data(), gg.data() + C};
+  double* bgp[2] = {bg.data(), bg.data() + C};
+  double* ggtp[2] = {ggt.data(), ggt.data() + C};
+  double* bgtp[2] = {bgt.data(), bgt.data() + C};
+  BatchNormStatistics<double> stats;
+  batch_norm_forward<double>(shape, 1e-3, x.data(), gp, bp, y.data(), stats, dx.data(), gtp, btp, yt.data());
+  max_pool_forward<double>(planes, h, w, y.data(), pooled.data(), argmax.data());
+  max_pool_gather<double>(planes, h, w, yt.data(), argmax.data(), pooled_t.data());
+  max_pool_scatter<double>(planes, h, w, pg.data(), argmax.data(), yg.data());
+  max_pool_scatter<double>(planes, h, w, pgt.data(), argmax.data(), ygt.data());
+  batch_norm_backward<double>(shape, x.data(), gp, stats, yg.data(), xg.data(), ggp, bgp, dx.data(), gtp, ygt.data(),
+                              xgt.data(), ggtp, bgtp);
+  // fused
+  Vec fpooled(pn), fpooled_t(pn), fxg(n, 1e300), fxgt(n, 1e300), fgg(p), fbg(p), fggt(p), fbgt(p);
+  std::vector<int32_t> fargmax(pn);
+  double* fggp[2] = {fgg.data(), fgg.data() + C};
+  double* fbgp[2] = {fbg.data(), fbg.data() + C};
+  double* fggtp[2] = {fggt.data(), fggt.data() + C};
+  double* fbgtp[2] = {fbgt.data(), fbgt.data() + C};
+  BatchNormStatistics<double> fstats;
+  batch_norm_pool_forward<double>(shape, h, w, 1e-3, x.data(), gp, bp, fpooled.data(), fargmax.data(), fstats, dx.data(),
+                                  gtp, btp, fpooled_t.data());
+  CHECK(fargmax == argmax);
+  CHECK_LESS(maml_test::relative_error(fpooled, pooled), 1e-15, "fused pooled values");
+  CHECK_LESS(maml_test::relative_error(fpooled_t, pooled_t), 1e-13, "fused pooled tangent");
+  batch_norm_pool_backward<double>(shape, h, w, x.data(), gp, fstats, pg.data(), fargmax.data(), fxg.data(), fggp, fbgp,
+                                   dx.data(), gtp, pgt.data(), fxgt.data(), fggtp, fbgtp);
+  CHECK_LESS(maml_test::relative_error(fxg, xg), 1e-13, "fused x_grad");
+  CHECK_LESS(maml_test::relative_error(fxgt, xgt), 1e-13, "fused x_grad tangent");
+  CHECK_LESS(maml_test::relative_error(fgg, gg) + maml_test::relative_error(fbg, bg), 1e-13, "fused gamma, beta grads");
+  CHECK_LESS(maml_test::relative_error(fggt, ggt) + maml_test::relative_error(fbgt, bgt), 1e-13, "fused their tangents");
 }
 
 TEST(softmax_cross_entropy_and_squared_error_rules_match_finite_differences) {

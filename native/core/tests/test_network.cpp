@@ -98,39 +98,3 @@ TEST(hessian_vector_product_is_symmetric) {
   for (size_t i = 0; i < a.size(); ++i) ahb += a[i] * hb[i], bha += b[i] * ha[i];
   CHECK_CLOSE(ahb, bha, 1e-10, 1e-12, "<a, H b> vs <b, H a>");
 }
-
-TEST(kept_im2col_columns_give_the_same_numbers_as_rebuilt_ones) {
-  // A pass keeps each conv input's im2col matrix while the budget allows and rebuilds
-  // the rest: all, some or none kept must give identical gradients and HVPs.
-  for (const ArchitectureOptions& options : maml_test::small_architectures()) {
-    const Architecture arch = make_architecture(options);
-    RandomTasks<double> tasks(arch, 2, 5, 5, 3, 0.2, 0.2);
-    PassData<double> data{2, 5, tasks.support_inputs.data(), tasks.support_labels.data(), tasks.support_targets.data(), 0.2};
-    const std::vector<double> theta = initialize_parameters<double>(arch, 5);
-    std::mt19937_64 rng(8);
-    const auto d = maml_test::random_vector(theta.size(), rng);
-    std::vector<double> reference_g, reference_h;
-    // exactly the first conv layer's columns: kept there, rebuilt in the later layers
-    const Layer& first = arch.layers[0];
-    const size_t first_layer = size_t(9) * first.in.channels * first.out.height * first.out.width * 10 * sizeof(double);
-    for (size_t budget : {size_t(0), first_layer, Network<double>::default_column_budget_bytes}) {
-      Network<double> net(arch, 1e-3, budget);
-      std::vector<double> g(2 * theta.size()), h(2 * theta.size());
-      const double* p[2] = {theta.data(), theta.data()};
-      const double* dp[2] = {d.data(), d.data()};
-      double* gp[2] = {g.data(), g.data() + theta.size()};
-      double* hp[2] = {h.data(), h.data() + theta.size()};
-      PassResult<double> r;
-      r.grads = gp;
-      r.grad_tangents = hp;
-      net.run(data, p, dp, r);
-      if (reference_g.empty()) {
-        reference_g = g;
-        reference_h = h;
-        continue;
-      }
-      CHECK_LESS(maml_test::relative_error(g, reference_g), 1e-15, maml_test::describe(options) + " gradient, budget " + std::to_string(budget));
-      CHECK_LESS(maml_test::relative_error(h, reference_h), 1e-15, maml_test::describe(options) + " HVP, budget " + std::to_string(budget));
-    }
-  }
-}

@@ -1,0 +1,159 @@
+// Batch norm followed by a 2x2 max pool (miniimagenet's conv -> bn -> relu -> pool; the
+// ReLU runs on the pooled values, network.h), fused so that the full-size normalised
+// activations are never stored.
+//   forward   each pair of rows is normalised into a small buffer and pooled from there:
+//             only the pooled values and their argmax are written (a quarter of the
+//             values), and the tangent is evaluated at the argmax alone
+//   reverse   the pool's y_grad is zero except at the argmax, so the batch-norm sums run
+//             over the pooled gradient, x_grad is written as its dense part and the
+//             argmax entries are added on top: the full-size y_grad is never cleared,
+//             scattered or read
+// Same rules and names as batch_norm.h and simple_layers.h's max pool (MATH.md);
+// tests/test_layers.cpp checks both directions against the unfused layers.
+#pragma once
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "batch_norm.h"
+#include "parallel.h"
+#include "simple_layers.h"
+
+namespace maml {
+
+// s: the batch norm's shape over the h x w input planes; pooled and argmax are
+// [tasks, batch, channels, h/2, w/2], argmax indexing the input plane.
+template <class T>
+void batch_norm_pool_forward(const BatchNormShape& s, int h, int w, T epsilon, const T* x, const T* const* gamma,
+                             const T* const* beta, T* pooled, int32_t* argmax, BatchNormStatistics<T>& stats,
+                             const T* x_tangent, const T* const* gamma_tangent, const T* const* beta_tangent,
+                             T* pooled_tangent) {
+  const int64_t count = int64_t(s.tasks) * s.channels;
+  const int oh = h / 2, ow = w / 2;
+  const int64_t out_plane = int64_t(oh) * ow;
+  stats.mean.resize(count);
+  stats.inv_std.resize(count);
+  if (x_tangent) {
+    stats.tangent_mean.resize(count);
+    stats.tangent_xhat_mean.resize(count);
+  }
+  parallel_for(count, [&](int64_t unit) {
+    const int task = int(unit / s.channels), c = int(unit % s.channels);
+    T mean, inv_std;
+    batch_norm_moments(s, epsilon, x, task, c, &mean, &inv_std);
+    stats.mean[unit] = mean;
+    stats.inv_std[unit] = inv_std;
+    const T g = gamma && gamma[task] ? gamma[task][c] : T(1);
+    const T b = beta[task][c];
+    thread_local std::vector<T> rows;
+    rows.resize(size_t(2) * w);
+    for (int n = 0; n < s.batch; ++n) {
+      const T* p = x + s.at(task, n, c);
+      const int64_t out = ((int64_t(task) * s.batch + n) * s.channels + c) * out_plane;
+      for (int oy = 0; oy < oh; ++oy) {
+        const T* in = p + int64_t(2 * oy) * w;
+        for (int i = 0; i < 2 * w; ++i) rows[i] = g * (in[i] - mean) * inv_std + b;  // batch_norm_forward's y
+        max_pool_row(rows.data(), 2 * oy * w, w, ow, pooled + out + oy * ow, argmax + out + oy * ow);
+      }
+    }
+    if (!x_tangent) return;
+    T t_mean, t_xhat_mean;
+    batch_norm_tangent_moments(s, x, x_tangent, task, c, mean, inv_std, &t_mean, &t_xhat_mean);
+    stats.tangent_mean[unit] = t_mean;
+    stats.tangent_xhat_mean[unit] = t_xhat_mean;
+    const T g_dot = gamma_tangent && gamma_tangent[task] ? gamma_tangent[task][c] : T(0);
+    const T b_dot = beta_tangent && beta_tangent[task] ? beta_tangent[task][c] : T(0);
+    for (int n = 0; n < s.batch; ++n) {
+      const T* p = x + s.at(task, n, c);
+      const T* t = x_tangent + s.at(task, n, c);
+      const int64_t out = ((int64_t(task) * s.batch + n) * s.channels + c) * out_plane;
+      for (int64_t i = 0; i < out_plane; ++i) {
+        const int32_t a = argmax[out + i];
+        const T x_hat = (p[a] - mean) * inv_std;
+        const T x_hat_tangent = inv_std * (t[a] - t_mean - x_hat * t_xhat_mean);
+        pooled_tangent[out + i] = g_dot * x_hat + g * x_hat_tangent + b_dot;
+      }
+    }
+  });
+}
+
+// Reverse rule (and its tangent) from the pooled gradient: batch_norm_backward with
+// y_grad = scatter(pooled_grad, argmax), written without that scatter.
+template <class T>
+void batch_norm_pool_backward(const BatchNormShape& s, int h, int w, const T* x, const T* const* gamma,
+                              const BatchNormStatistics<T>& stats, const T* pooled_grad, const int32_t* argmax,
+                              T* x_grad, T* const* gamma_grad, T* const* beta_grad, const T* x_tangent,
+                              const T* const* gamma_tangent, const T* pooled_grad_tangent, T* x_grad_tangent,
+                              T* const* gamma_grad_tangent, T* const* beta_grad_tangent) {
+  const int64_t count = int64_t(s.tasks) * s.channels;
+  const int64_t out_plane = int64_t(h / 2) * (w / 2);
+  const T inv_m = T(1) / T(s.positions());
+  const bool tangent = x_tangent != nullptr;
+  parallel_for(count, [&](int64_t unit) {
+    const int task = int(unit / s.channels), c = int(unit % s.channels);
+    const T mean = stats.mean[unit], inv_std = stats.inv_std[unit];
+    const T g = gamma && gamma[task] ? gamma[task][c] : T(1);
+    const T g_dot = tangent && gamma_tangent && gamma_tangent[task] ? gamma_tangent[task][c] : T(0);
+    const T t_mean = tangent ? stats.tangent_mean[unit] : T(0);
+    const T t_xhat_mean = tangent ? stats.tangent_xhat_mean[unit] : T(0);
+    const auto pooled_at = [&](int n) { return ((int64_t(task) * s.batch + n) * s.channels + c) * out_plane; };
+    // the sums, over the argmax positions only (y_grad is zero elsewhere)
+    T sum_grad = 0, sum_grad_xhat = 0, sum_grad_t = 0, sum_grad_t_xhat = 0, sum_grad_xhat_t = 0;
+    for (int n = 0; n < s.batch; ++n) {
+      const T* xs = x + s.at(task, n, c);
+      const T* xt = tangent ? x_tangent + s.at(task, n, c) : nullptr;
+      const int64_t o = pooled_at(n);
+      for (int64_t i = 0; i < out_plane; ++i) {
+        const int32_t a = argmax[o + i];
+        const T yg = pooled_grad[o + i], x_hat = (xs[a] - mean) * inv_std;
+        sum_grad += yg;
+        sum_grad_xhat += yg * x_hat;
+        if (!tangent) continue;
+        const T ygt = pooled_grad_tangent[o + i];
+        sum_grad_t += ygt;
+        sum_grad_t_xhat += ygt * x_hat;
+        sum_grad_xhat_t += yg * inv_std * (xt[a] - t_mean - x_hat * t_xhat_mean);
+      }
+    }
+    if (beta_grad && beta_grad[task]) beta_grad[task][c] = sum_grad;
+    if (gamma_grad && gamma_grad[task]) gamma_grad[task][c] = sum_grad_xhat;
+    if (tangent) {
+      if (beta_grad_tangent && beta_grad_tangent[task]) beta_grad_tangent[task][c] = sum_grad_t;
+      if (gamma_grad_tangent && gamma_grad_tangent[task]) gamma_grad_tangent[task][c] = sum_grad_t_xhat + sum_grad_xhat_t;
+    }
+    if (!x_grad) return;
+    const T a = g * sum_grad * inv_m, b = g * sum_grad_xhat * inv_m;
+    const T a_t = (g_dot * sum_grad + g * sum_grad_t) * inv_m;
+    const T b_t = (g_dot * sum_grad_xhat + g * sum_grad_t_xhat + g * sum_grad_xhat_t) * inv_m;
+    const T s_t_over_s = -inv_std * t_xhat_mean;
+    for (int n = 0; n < s.batch; ++n) {
+      const int64_t o = s.at(task, n, c), po = pooled_at(n);
+      const T* __restrict xs = x + o;
+      T* __restrict xg = x_grad + o;
+      // the dense part (y_grad = 0), then the argmax entries on top
+      if (!tangent) {
+        for (int64_t i = 0; i < s.plane; ++i) xg[i] = inv_std * (-a - (xs[i] - mean) * inv_std * b);
+        for (int64_t i = 0; i < out_plane; ++i) xg[argmax[po + i]] += inv_std * g * pooled_grad[po + i];
+        continue;
+      }
+      const T* __restrict xt = x_tangent + o;
+      T* __restrict xgt = x_grad_tangent + o;
+      for (int64_t i = 0; i < s.plane; ++i) {
+        const T x_hat = (xs[i] - mean) * inv_std;
+        const T grad = inv_std * (-a - x_hat * b);
+        const T x_hat_t = inv_std * (xt[i] - t_mean - x_hat * t_xhat_mean);
+        xg[i] = grad;
+        xgt[i] = s_t_over_s * grad + inv_std * (-a_t - x_hat_t * b - x_hat * b_t);
+      }
+      for (int64_t i = 0; i < out_plane; ++i) {
+        const int32_t at = argmax[po + i];
+        const T yg = pooled_grad[po + i], ygt = pooled_grad_tangent[po + i];
+        const T grad = inv_std * g * yg;
+        xg[at] += grad;
+        xgt[at] += s_t_over_s * grad + inv_std * (g_dot * yg + g * ygt);
+      }
+    }
+  });
+}
+
+}  // namespace maml
