@@ -265,11 +265,19 @@ void Network<T>::backward(const PassData<T>& data, const T* const* params, const
     switch (l.kind) {
       case LayerKind::Conv3x3: {
         const ConvGeometry g = geometry(l);
-        conv_weight_grad<T>(g, tasks, batch, x, yg, wg.data(), bg.data(), false);
+        // A bias feeding a batch norm (batch statistics) cancels in its mean: the bias
+        // gradient and its tangent are exactly zero, written rather than summed.
+        const bool bias_cancels = size_t(i + 1) < arch_.layers.size() && arch_.layers[i + 1].kind == LayerKind::BatchNorm;
+        if (bias_cancels) {
+          for (T* const* grads : {bg.data(), bgt.data()})
+            for (int t = 0; t < tasks && grads; ++t)
+              if (grads[t]) std::fill(grads[t], grads[t] + l.out.channels, T(0));
+        }
+        conv_weight_grad<T>(g, tasks, batch, x, yg, wg.data(), bias_cancels ? nullptr : bg.data(), false);
         if (xg) conv_input_grad<T>(g, tasks, batch, yg, w.data(), xg, false);
         if (tangent) {
           // W_grad' = correlate(x', y_grad) + correlate(x, y_grad');  x_grad' = convT(y_grad', W) + convT(y_grad, W')
-          conv_weight_grad<T>(g, tasks, batch, x, ygt, wgt.data(), bgt.data(), false);
+          conv_weight_grad<T>(g, tasks, batch, x, ygt, wgt.data(), bias_cancels ? nullptr : bgt.data(), false);
           if (xt) conv_weight_grad<T>(g, tasks, batch, xt, yg, wgt.data(), nullptr, true);
           if (xgt) conv_input_grad<T>(g, tasks, batch, ygt, w.data(), xgt, false, yg, wt.data());
         }

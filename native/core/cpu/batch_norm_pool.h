@@ -77,6 +77,12 @@ void batch_norm_pool_forward(const BatchNormShape& s, int h, int w, T epsilon, c
   });
 }
 
+template <class T>
+inline void prefetch_plane(const T* p, int64_t size) {
+  const char* bytes = reinterpret_cast<const char*>(p);
+  for (int64_t at = 0; at < size * int64_t(sizeof(T)); at += 64) __builtin_prefetch(bytes + at, 0, 2);
+}
+
 // Reverse rule (and its tangent) from the pooled gradient: batch_norm_backward with
 // y_grad = scatter(pooled_grad, argmax), written without that scatter.
 template <class T>
@@ -97,24 +103,44 @@ void batch_norm_pool_backward(const BatchNormShape& s, int h, int w, const T* x,
     const T t_mean = tangent ? stats.tangent_mean[unit] : T(0);
     const T t_xhat_mean = tangent ? stats.tangent_xhat_mean[unit] : T(0);
     const auto pooled_at = [&](int n) { return ((int64_t(task) * s.batch + n) * s.channels + c) * out_plane; };
-    // the sums, over the argmax positions only (y_grad is zero elsewhere)
-    T sum_grad = 0, sum_grad_xhat = 0, sum_grad_t = 0, sum_grad_t_xhat = 0, sum_grad_xhat_t = 0;
+    // the sums, over the argmax positions only (y_grad is zero elsewhere), in 8 interleaved
+    // partial sums: one running sum is a chain of dependent adds (fixed order: no
+    // dependence on threads)
+    constexpr int L = 8;
+    T sums[5][L] = {};  // y_grad, y_grad x_hat, y_grad', y_grad' x_hat, y_grad x_hat'
     for (int n = 0; n < s.batch; ++n) {
       const T* xs = x + s.at(task, n, c);
       const T* xt = tangent ? x_tangent + s.at(task, n, c) : nullptr;
       const int64_t o = pooled_at(n);
-      for (int64_t i = 0; i < out_plane; ++i) {
-        const int32_t a = argmax[o + i];
-        const T yg = pooled_grad[o + i], x_hat = (xs[a] - mean) * inv_std;
-        sum_grad += yg;
-        sum_grad_xhat += yg * x_hat;
-        if (!tangent) continue;
-        const T ygt = pooled_grad_tangent[o + i];
-        sum_grad_t += ygt;
-        sum_grad_t_xhat += ygt * x_hat;
-        sum_grad_xhat_t += yg * inv_std * (xt[a] - t_mean - x_hat * t_xhat_mean);
+      // the argmax reads are gathers, which the hardware prefetcher does not follow: fetch
+      // the next example's plane while this one is summed
+      if (n + 1 < s.batch) {
+        prefetch_plane(x + s.at(task, n + 1, c), s.plane);
+        if (tangent) prefetch_plane(x_tangent + s.at(task, n + 1, c), s.plane);
+      }
+      for (int64_t i0 = 0; i0 < out_plane; i0 += L) {
+        const int lanes = int(std::min<int64_t>(L, out_plane - i0));
+        for (int l = 0; l < lanes; ++l) {
+          const int64_t i = o + i0 + l;
+          const T yg = pooled_grad[i], x_hat = (xs[argmax[i]] - mean) * inv_std;
+          sums[0][l] += yg;
+          sums[1][l] += yg * x_hat;
+          if (!tangent) continue;
+          const T ygt = pooled_grad_tangent[i];
+          sums[2][l] += ygt;
+          sums[3][l] += ygt * x_hat;
+          sums[4][l] += yg * inv_std * (xt[argmax[i]] - t_mean - x_hat * t_xhat_mean);
+        }
       }
     }
+    T total[5];
+    for (int k = 0; k < 5; ++k) {
+      for (int width = L / 2; width > 0; width /= 2)
+        for (int l = 0; l < width; ++l) sums[k][l] += sums[k][l + width];
+      total[k] = sums[k][0];
+    }
+    const T sum_grad = total[0], sum_grad_xhat = total[1];
+    const T sum_grad_t = total[2], sum_grad_t_xhat = total[3], sum_grad_xhat_t = total[4];
     if (beta_grad && beta_grad[task]) beta_grad[task][c] = sum_grad;
     if (gamma_grad && gamma_grad[task]) gamma_grad[task][c] = sum_grad_xhat;
     if (tangent) {
