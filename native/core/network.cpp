@@ -178,7 +178,12 @@ void Network<T>::forward(const PassData<T>& data, const T* const* params, const 
     switch (l.kind) {
       case LayerKind::Conv3x3: {
         const ConvGeometry g = geometry(l);
-        conv_forward<T>(g, tasks, batch, x, w.data(), b.data(), y, false);
+        double* sums = nullptr;
+        if (size_t(i + 1) < arch_.layers.size() && arch_.layers[i + 1].kind == LayerKind::BatchNorm) {
+          conv_sums_.resize(size_t(examples) * g.cout * 2);
+          sums = conv_sums_.data();
+        }
+        conv_forward<T>(g, tasks, batch, x, w.data(), b.data(), y, false, sums);
         if (tangents) {
           if (xt) conv_forward<T>(g, tasks, batch, xt, w.data(), bt.data(), yt, false);
           conv_forward<T>(g, tasks, batch, x, wt.data(), xt ? nullptr : bt.data(), yt, xt != nullptr);
@@ -197,17 +202,19 @@ void Network<T>::forward(const PassData<T>& data, const T* const* params, const 
       case LayerKind::BatchNorm: {
         const BatchNormShape s{tasks, batch, l.in.channels, int64_t(l.in.height) * l.in.width};
         const T* const* gamma = l.weight >= 0 ? w.data() : nullptr;
+        // the conv below summed x and x^2 while storing it (see its case)
+        const double* conv_sums = i > 0 && arch_.layers[i - 1].kind == LayerKind::Conv3x3 ? conv_sums_.data() : nullptr;
         const T* const* gamma_tangent = l.weight >= 0 && tangents ? wt.data() : nullptr;
         if (pool_after_batch_norm_[i]) {
           const int pooled = buffer_of_[i + 3];
           batch_norm_pool_forward<T>(s, l.in.height, l.in.width, epsilon_, x, gamma, b.data(), buffers_[pooled].data(),
                                      argmax_[i + 2].data(), statistics_[i], xt, gamma_tangent,
                                      tangents ? bt.data() : nullptr,
-                                     tangents ? buffer_tangents_[pooled].data() : nullptr);
+                                     tangents ? buffer_tangents_[pooled].data() : nullptr, conv_sums);
           break;
         }
         batch_norm_forward<T>(s, epsilon_, x, gamma, b.data(), y, statistics_[i], xt, gamma_tangent,
-                              tangents ? bt.data() : nullptr, yt);
+                              tangents ? bt.data() : nullptr, yt, conv_sums);
         break;
       }
       case LayerKind::ReLU: {

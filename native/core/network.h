@@ -74,6 +74,9 @@ class Network {
   std::vector<bool> pool_after_batch_norm_;
   std::vector<BatchNormStatistics<T>> statistics_;
   std::vector<T> grad_[2], grad_tangent_[2];
+  // Sums of a conv's output and its square per example and channel, added up by the conv
+  // as it stores, for the batch norm right after it (cpu/batch_norm.h).
+  std::vector<double> conv_sums_;
   int allocated_examples_ = 0, allocated_tangent_examples_ = 0;
 };
 

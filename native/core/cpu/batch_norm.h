@@ -7,6 +7,7 @@
 //             x_hat_tangent = s (x_tangent - mean(x_tangent) - x_hat mean(x_hat x_tangent))
 // Checked against finite differences in tests/test_layers.cpp.
 #pragma once
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -50,6 +51,25 @@ void batch_norm_moments(const BatchNormShape& s, T epsilon, const T* x, int task
   *inv_std = T(1) / std::sqrt(squares[0] * inv_m + epsilon);
 }
 
+// The same from sums of x and x^2 per example and channel ([tasks * batch][channels][2],
+// double: the conv before the batch norm adds them up as it stores its output, so the two
+// passes above are saved). In double the variance E[x^2] - E[x]^2 of float values keeps
+// about 10 more digits than float's two-pass result.
+template <class T>
+void batch_norm_moments_from_sums(const BatchNormShape& s, T epsilon, const double* sums, int task, int c, T* mean,
+                                  T* inv_std) {
+  double sum = 0, squares = 0;
+  for (int n = 0; n < s.batch; ++n) {
+    const double* m = sums + ((int64_t(task) * s.batch + n) * s.channels + c) * 2;
+    sum += m[0];
+    squares += m[1];
+  }
+  const double count = double(s.positions()), mu = sum / count;
+  const double variance = std::max(0.0, squares / count - mu * mu);
+  *mean = T(mu);
+  *inv_std = T(1 / std::sqrt(variance + double(epsilon)));
+}
+
 // mean(x') and mean(x_hat x') of channel c of a task.
 template <class T>
 void batch_norm_tangent_moments(const BatchNormShape& s, const T* x, const T* x_tangent, int task, int c, T mean,
@@ -69,11 +89,12 @@ void batch_norm_tangent_moments(const BatchNormShape& s, const T* x, const T* x_
 }
 
 // gamma/beta: per task pointers (gamma may be null: scale 1). Tangents of x, gamma and beta
-// are optional (null: no tangent pass).
+// are optional (null: no tangent pass). x_sums (or null): the conv's sums of x and x^2
+// (batch_norm_moments_from_sums).
 template <class T>
 void batch_norm_forward(const BatchNormShape& s, T epsilon, const T* x, const T* const* gamma, const T* const* beta,
                         T* y, BatchNormStatistics<T>& stats, const T* x_tangent, const T* const* gamma_tangent,
-                        const T* const* beta_tangent, T* y_tangent) {
+                        const T* const* beta_tangent, T* y_tangent, const double* x_sums = nullptr) {
   const int64_t count = int64_t(s.tasks) * s.channels;
   stats.mean.resize(count);
   stats.inv_std.resize(count);
@@ -84,7 +105,10 @@ void batch_norm_forward(const BatchNormShape& s, T epsilon, const T* x, const T*
   parallel_for(count, [&](int64_t unit) {
     const int task = int(unit / s.channels), c = int(unit % s.channels);
     T mean, inv_std;
-    batch_norm_moments(s, epsilon, x, task, c, &mean, &inv_std);
+    if (x_sums)
+      batch_norm_moments_from_sums(s, epsilon, x_sums, task, c, &mean, &inv_std);
+    else
+      batch_norm_moments(s, epsilon, x, task, c, &mean, &inv_std);
     stats.mean[unit] = mean;
     stats.inv_std[unit] = inv_std;
     const T g = gamma && gamma[task] ? gamma[task][c] : T(1);

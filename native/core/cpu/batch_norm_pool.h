@@ -22,12 +22,13 @@
 namespace maml {
 
 // s: the batch norm's shape over the h x w input planes; pooled and argmax are
-// [tasks, batch, channels, h/2, w/2], argmax indexing the input plane.
+// [tasks, batch, channels, h/2, w/2], argmax indexing the input plane; x_sums as in
+// batch_norm_forward.
 template <class T>
 void batch_norm_pool_forward(const BatchNormShape& s, int h, int w, T epsilon, const T* x, const T* const* gamma,
                              const T* const* beta, T* pooled, int32_t* argmax, BatchNormStatistics<T>& stats,
                              const T* x_tangent, const T* const* gamma_tangent, const T* const* beta_tangent,
-                             T* pooled_tangent) {
+                             T* pooled_tangent, const double* x_sums = nullptr) {
   const int64_t count = int64_t(s.tasks) * s.channels;
   const int oh = h / 2, ow = w / 2;
   const int64_t out_plane = int64_t(oh) * ow;
@@ -40,7 +41,10 @@ void batch_norm_pool_forward(const BatchNormShape& s, int h, int w, T epsilon, c
   parallel_for(count, [&](int64_t unit) {
     const int task = int(unit / s.channels), c = int(unit % s.channels);
     T mean, inv_std;
-    batch_norm_moments(s, epsilon, x, task, c, &mean, &inv_std);
+    if (x_sums)
+      batch_norm_moments_from_sums(s, epsilon, x_sums, task, c, &mean, &inv_std);
+    else
+      batch_norm_moments(s, epsilon, x, task, c, &mean, &inv_std);
     stats.mean[unit] = mean;
     stats.inv_std[unit] = inv_std;
     const T g = gamma && gamma[task] ? gamma[task][c] : T(1);

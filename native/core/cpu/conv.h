@@ -25,9 +25,12 @@
 
 namespace maml {
 
+// moments (or null, accumulate false): [tasks * batch][cout][2] = sums of y and y^2 over
+// each example's output planes, in double (some slots of a task may hold 0 and another
+// the whole group's sums: only their sum over the task's examples is meaningful).
 template <class T>
 void conv_forward(const ConvGeometry& g, int tasks, int batch, const T* x, const T* const* weights,
-                  const T* const* biases, T* y, bool accumulate) {
+                  const T* const* biases, T* y, bool accumulate, double* moments = nullptr) {
 #if defined(__AVX2__) && defined(__FMA__)
   if constexpr (std::is_same<T, float>::value) {
     if (conv_is_direct<T>(g)) {
@@ -35,13 +38,14 @@ void conv_forward(const ConvGeometry& g, int tasks, int batch, const T* x, const
         const int task = int(unit / batch);
         thread_local direct_conv::Bordered bordered;
         direct_conv::forward_example(g, x + unit * g.in_size(), weights[task], biases ? biases[task] : nullptr,
-                                     accumulate, y + unit * g.out_size(), bordered);
+                                     accumulate, y + unit * g.out_size(), bordered,
+                                     moments ? moments + unit * g.cout * 2 : nullptr);
       });
       return;
     }
   }
 #endif
-  indirect_conv::forward(g, tasks, batch, x, weights, biases, y, accumulate);
+  indirect_conv::forward(g, tasks, batch, x, weights, biases, y, accumulate, moments);
 }
 
 // With a second pair (y_grad2, weights2) the result is convT(y_grad, W) + convT(y_grad2, W2)

@@ -53,9 +53,11 @@ struct Bordered {
 };
 
 // y[co0..co0+4, oy, ox0..ox0+8*V) (+)= sum over taps; `valid` columns of the last vector.
-template <int V>
+// Moments: add the tile's sums of y and y^2 to moments (per channel 4 lanes of each, in
+// double). A template flag, so that the plain kernel keeps its registers to itself.
+template <int V, bool Moments>
 inline void forward_tile(const Bordered& in, int cin, const float* w, int oy, int ox0, int valid_last,
-                         const float* bias, bool accumulate, float* y, int64_t out_plane, int ow) {
+                         const float* bias, bool accumulate, float* y, int64_t out_plane, int ow, double* moments) {
   __m256 acc[4][V];
 MAML_UNROLL(4)
   for (int c = 0; c < 4; ++c)
@@ -90,6 +92,7 @@ MAML_UNROLL(3)
 MAML_UNROLL(4)
   for (int c = 0; c < 4; ++c) {
     float* out = y + c * out_plane + int64_t(oy) * ow + ox0;
+    __m256 sum = _mm256_setzero_ps(), squares = _mm256_setzero_ps();
     const __m256 b = _mm256_set1_ps(bias ? bias[c] : 0.0f);
 MAML_UNROLL(3)
     for (int v = 0; v < V; ++v) {
@@ -101,31 +104,63 @@ MAML_UNROLL(3)
         if (accumulate) value = _mm256_add_ps(value, _mm256_loadu_ps(out + 8 * v));
         _mm256_storeu_ps(out + 8 * v, value);
       }
+      if constexpr (Moments) {  // the lanes past the row end hold no output: masked out
+        const __m256 counted = v == V - 1 && valid_last < 8 ? _mm256_and_ps(value, _mm256_castsi256_ps(last)) : value;
+        sum = _mm256_add_ps(sum, counted);
+        squares = _mm256_fmadd_ps(counted, counted, squares);
+      }
+    }
+    if constexpr (Moments) {  // the tile's partial sums (at most 3 values a lane) go on in double
+      double* m = moments + c * 8;
+      const __m256d s = _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(sum)), _mm256_cvtps_pd(_mm256_extractf128_ps(sum, 1)));
+      const __m256d q = _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(squares)),
+                                      _mm256_cvtps_pd(_mm256_extractf128_ps(squares, 1)));
+      _mm256_storeu_pd(m, _mm256_add_pd(_mm256_loadu_pd(m), s));
+      _mm256_storeu_pd(m + 4, _mm256_add_pd(_mm256_loadu_pd(m + 4), q));
     }
   }
 }
 
-// One example: y (+)= conv(x, w) + bias over all output channels.
+// Every output row of four channels, in tiles of three vectors and one shorter tail tile.
+template <bool Moments, class G>
+void output_row_tiles(const G& g, const Bordered& in, const float* wc, const float* bc, bool accumulate, float* yc,
+                      int64_t out_plane, double* lanes) {
+  for (int oy = 0; oy < g.oh; ++oy) {
+    int ox = 0;
+    for (; ox + 24 <= g.ow; ox += 24)
+      forward_tile<3, Moments>(in, g.cin, wc, oy, ox, 8, bc, accumulate, yc, out_plane, g.ow, lanes);
+    const int rest = g.ow - ox;
+    if (rest > 16)
+      forward_tile<3, Moments>(in, g.cin, wc, oy, ox, rest - 16, bc, accumulate, yc, out_plane, g.ow, lanes);
+    else if (rest > 8)
+      forward_tile<2, Moments>(in, g.cin, wc, oy, ox, rest - 8, bc, accumulate, yc, out_plane, g.ow, lanes);
+    else if (rest > 0)
+      forward_tile<1, Moments>(in, g.cin, wc, oy, ox, rest, bc, accumulate, yc, out_plane, g.ow, lanes);
+  }
+}
+
+// One example: y (+)= conv(x, w) + bias over all output channels. moments (or null, and
+// only with accumulate false): [cout][2] = sum(y), sum(y^2) of each output plane, summed in
+// double for the batch norm that follows (network.cpp), which then skips its own passes.
 template <class G>
 void forward_example(const G& g, const float* x, const float* w, const float* bias, bool accumulate, float* y,
-                     Bordered& in) {
+                     Bordered& in, double* moments) {
   in.fill(g, x);
   const int64_t out_plane = int64_t(g.oh) * g.ow;
   for (int co = 0; co < g.cout; co += 4) {
     const float* wc = w + int64_t(co) * g.cin * 9;
     const float* bc = bias ? bias + co : nullptr;
     float* yc = y + co * out_plane;
-    for (int oy = 0; oy < g.oh; ++oy) {
-      int ox = 0;
-      for (; ox + 24 <= g.ow; ox += 24) forward_tile<3>(in, g.cin, wc, oy, ox, 8, bc, accumulate, yc, out_plane, g.ow);
-      // the rest in one tile of three, two or one vectors
-      const int rest = g.ow - ox;
-      if (rest > 16)
-        forward_tile<3>(in, g.cin, wc, oy, ox, rest - 16, bc, accumulate, yc, out_plane, g.ow);
-      else if (rest > 8)
-        forward_tile<2>(in, g.cin, wc, oy, ox, rest - 8, bc, accumulate, yc, out_plane, g.ow);
-      else if (rest > 0)
-        forward_tile<1>(in, g.cin, wc, oy, ox, rest, bc, accumulate, yc, out_plane, g.ow);
+    alignas(32) double lanes[4 * 8] = {};
+    if (moments)
+      output_row_tiles<true>(g, in, wc, bc, accumulate, yc, out_plane, lanes);
+    else
+      output_row_tiles<false>(g, in, wc, bc, accumulate, yc, out_plane, lanes);
+    if (!moments) continue;
+    for (int c = 0; c < 4; ++c) {
+      const double* l = lanes + c * 8;
+      moments[(co + c) * 2] = (l[0] + l[2]) + (l[1] + l[3]);
+      moments[(co + c) * 2 + 1] = (l[4] + l[6]) + (l[5] + l[7]);
     }
   }
 }

@@ -184,9 +184,11 @@ void pack_weights(int rows, int depth, const T* w, T* packed) {
 
 // out[write[m] + c * channel_stride] (+)= sum_p views[p][read[m]] B[p][c] (+ bias[c]) for
 // the positions m < count and the output channels c < channels, B packed by pack_weights.
+// moments (or null): [channels][2] += sum and sum of squares of what is stored, in double.
 template <class T>
 void multiply(int depth, const T* const* views, int64_t count, const int32_t* read, const int32_t* write,
-              int channels, int64_t channel_stride, const T* packed, const T* bias, bool accumulate, T* out) {
+              int channels, int64_t channel_stride, const T* packed, const T* bias, bool accumulate, T* out,
+              double* moments = nullptr) {
   constexpr int MR = Tile<T>::MR, NR = Tile<T>::NR;
   const int blocks = (depth + max_block_depth - 1) / max_block_depth;
   T* tiles = scratch<T>(1, size_t(block_positions) * NR);
@@ -215,6 +217,12 @@ void multiply(int depth, const T* const* views, int64_t count, const int32_t* re
           const T v = row[c] + (bias ? bias[c0 + c] : T(0));
           o[c * channel_stride] = accumulate ? o[c * channel_stride] + v : v;
         }
+        if (moments)
+          for (int c = 0; c < n; ++c) {
+            const double v = o[c * channel_stride];
+            moments[(c0 + c) * 2] += v;
+            moments[(c0 + c) * 2 + 1] += v * v;
+          }
       }
     }
   }
@@ -279,9 +287,11 @@ const T* const* forward_views(const ConvGeometry& g, const Planes& planes, const
 struct PackedWeights;  // owner tag of that storage
 
 // y (+)= conv(x, W) + b for every task (weights and biases per task; biases may be null).
+// moments (or null): [tasks * batch][cout][2], sums of y and y^2 per output plane (a
+// group's sums go to its first example, zeros to the others).
 template <class T>
 void forward(const ConvGeometry& g, int tasks, int batch, const T* x, const T* const* weights,
-             const T* const* biases, T* y, bool accumulate) {
+             const T* const* biases, T* y, bool accumulate, double* moments) {
   const int group = group_size(g, batch), groups = (batch + group - 1) / group;
   const ForwardPlan& plan = cached_plan<ForwardPlan>(g, group);
   const size_t size = packed_size<T>(g.cout, g.depth());
@@ -292,10 +302,12 @@ void forward(const ConvGeometry& g, int tasks, int batch, const T* x, const T* c
     const int64_t example = int64_t(task) * batch + n0;
     T* planes = scratch<T>(0, plan.planes.size(g.cin));
     fill_planes(plan.planes, g.cin, g.h, g.w, g.pad_top, g.pad_left, n, x + example * g.in_size(), g.in_size(), planes);
+    double* m = moments ? moments + example * g.cout * 2 : nullptr;
+    if (m) std::fill(m, m + int64_t(n) * g.cout * 2, 0.0);
     multiply(g.depth(), forward_views(g, plan.planes, planes), n * plan.positions.per_example,
              plan.positions.read.data(), plan.positions.write.data(), g.cout, g.out_plane(), packed + task * size,
              biases && biases[task] ? biases[task] : static_cast<const T*>(nullptr), accumulate,
-             y + example * g.out_size());
+             y + example * g.out_size(), m);
   });
 }
 

@@ -67,6 +67,31 @@ static Vec conv_direct(const ConvGeometry& g, const Vec& x, const Vec& w, const 
   return y;
 }
 
+// The sums of y and y^2 per task and channel a forward adds up for the batch norm (summed
+// over the examples' slots, as the batch norm does) against the stored y.
+template <class T>
+static void check_moments(const ConvGeometry& g, int tasks, int batch, const T* x, const T* const* w, const T* const* b,
+                          const std::string& name) {
+  std::vector<T> y(size_t(tasks) * batch * g.out_size());
+  std::vector<double> sums(size_t(tasks) * batch * g.cout * 2, -1.0);
+  conv_forward<T>(g, tasks, batch, x, w, b, y.data(), false, sums.data());
+  Vec got, want;
+  for (int t = 0; t < tasks; ++t)
+    for (int c = 0; c < g.cout; ++c) {
+      double s = 0, q = 0, gs = 0, gq = 0;
+      for (int n = 0; n < batch; ++n) {
+        const T* plane = y.data() + (int64_t(t) * batch + n) * g.out_size() + c * g.out_plane();
+        for (int64_t i = 0; i < g.out_plane(); ++i) s += plane[i], q += double(plane[i]) * plane[i];
+        gs += sums[((int64_t(t) * batch + n) * g.cout + c) * 2];
+        gq += sums[((int64_t(t) * batch + n) * g.cout + c) * 2 + 1];
+      }
+      got.push_back(gs), got.push_back(gq), want.push_back(s), want.push_back(q);
+    }
+  // float: the direct kernel sums each tile's (at most 3 values a lane) in float first
+  const double tolerance = std::is_same<T, float>::value ? 1e-7 : 1e-12;
+  CHECK_LESS(maml_test::relative_error(got, want), tolerance, "conv output sums for the batch norm, " + name);
+}
+
 TEST(conv_forward_and_gradients_match_direct_convolution_and_finite_differences) {
   struct Case { int h, stride; Padding padding; };
   for (Case c : {Case{7, 2, Padding::TensorFlowSame}, Case{8, 2, Padding::TensorFlowSame}, Case{8, 2, Padding::Symmetric},
@@ -153,6 +178,7 @@ TEST(direct_float_convolution_matches_the_gemm_path) {
     conv_forward<float>(g, tasks, batch, xf.data(), wpf, bpf, yf.data(), false);
     conv_forward<float>(g, tasks, batch, xf.data(), wpf, nullptr, yf.data(), true);
     CHECK_LESS(maml_test::relative_error(Vec(yf.begin(), yf.end()), y), 1e-5, "direct forward, h " + std::to_string(h));
+    check_moments<float>(g, tasks, batch, xf.data(), wpf, bpf, "direct, h " + std::to_string(h));
     // weight and bias gradients
     Vec wg(w.size()), bg(b.size());
     std::vector<float> wgf(w.size()), bgf(b.size());
@@ -216,6 +242,7 @@ TEST(indirect_convolution_matches_the_definition_and_its_adjoints) {
         worst = std::max(worst, maml_test::relative_error(got, want));
       }
     CHECK_LESS(worst, 1e-13, "indirect forward vs the definition, " + name);
+    check_moments<double>(g, tasks, batch, x.data(), wp, bp, name);
     // adjoints: <r, conv(x; W)> = <x_grad(r; W), x> = <W_grad(x, r), W>, with the second pair;
     // x_grad starts as garbage: every input position must be written
     Vec y0(r.size()), y02(r.size()), xg(x.size(), 1e300), wg(w.size(), 1e300), bg(b.size());
