@@ -9,10 +9,10 @@
 //   input grad     x_grad = conv_transpose(y_grad, W)
 //   weight grad    W_grad = correlate(x, y_grad),  b_grad = sum(y_grad)
 // Tangents reuse the same functions with accumulate = true, because the layer is
-// bilinear in (x, W). The forward of float layers with few input channels at stride 1
-// (miniimagenet's input layer) uses the direct kernel of conv_direct.h; everything else
-// reads shifted, strided views of bordered planes through indirect GEMM tiles
-// (conv_indirect.h), with no im2col matrix. Checked against the definition in tests/test_layers.cpp.
+// bilinear in (x, W). Float layers with few input channels at stride 1 (miniimagenet's
+// input layer) use the direct kernels of conv_direct.h; every other layer reads shifted,
+// strided views of bordered planes through indirect GEMM tiles (conv_indirect.h), with
+// no im2col matrix. Checked against the definition in tests/test_layers.cpp.
 #pragma once
 #include <algorithm>
 #include <type_traits>
@@ -72,11 +72,30 @@ void conv_bias_grad(const ConvGeometry& g, int tasks, int batch, const T* y_grad
   });
 }
 
-// The direct kernels' weight gradient was slower than the indirect tiles (4 channels x 3
-// taps per register tile against 6 taps x 16 channels), so every layer takes the tiles here.
 template <class T>
 void conv_weight_grad(const ConvGeometry& g, int tasks, int batch, const T* x, const T* y_grad, T* const* weight_grads,
                       T* const* bias_grads, bool accumulate) {
+#if defined(__AVX2__) && defined(__FMA__)
+  if constexpr (std::is_same<T, float>::value) {
+    if (conv_is_direct<T>(g)) {
+      // units own four output channels of one task: their rows of dw, no races
+      const int blocks = g.cout / 4;
+      parallel_for(int64_t(tasks) * blocks, [&](int64_t unit) {
+        const int task = int(unit / blocks), co = int(unit % blocks) * 4;
+        T* dw = weight_grads[task];
+        if (!accumulate) std::fill(dw + int64_t(co) * g.depth(), dw + int64_t(co + 4) * g.depth(), T(0));
+        thread_local direct_conv::Bordered bordered;
+        for (int n = 0; n < batch; ++n) {
+          const int64_t example = int64_t(task) * batch + n;
+          bordered.fill(g, x + example * g.in_size());
+          direct_conv::weight_grad_example(g, bordered, y_grad + example * g.out_size(), co, dw);
+        }
+      });
+      conv_bias_grad(g, tasks, batch, y_grad, bias_grads, accumulate);
+      return;
+    }
+  }
+#endif
   indirect_conv::weight_grad(g, tasks, batch, x, y_grad, weight_grads, accumulate);
   conv_bias_grad(g, tasks, batch, y_grad, bias_grads, accumulate);
 }

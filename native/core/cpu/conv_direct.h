@@ -1,11 +1,12 @@
-// Direct 3x3 convolution forward for stride-1 layers with few input channels: the
-// miniimagenet input layer (3 -> 32 channels at 84 x 84), whose depth of 27 leaves the
-// GEMM tiles short. Each image is copied once into a zero-bordered plane and the nine
-// taps are read as shifted rows of it. (Its weight gradient takes the indirect tiles,
-// which measured faster.)
+// Direct 3x3 convolution (no im2col) for stride-1 layers with few input channels: the
+// miniimagenet input layer (3 -> 32 channels at 84 x 84). Its im2col matrix has only 27
+// rows, so the GEMM runs short and the column matrix (as large as 9 copies of the image)
+// costs more to build than to multiply. Here each image is copied once into a
+// zero-bordered plane and the nine taps are read as shifted rows of it.
 //
-// Register tile: 4 output channels (cout a multiple of 4) x 3 vectors of 8 positions =
-// 12 accumulators; per tap 3 loads of the image, 4 weight broadcasts, 12 FMAs.
+// Register tile: 4 output channels (cout a multiple of 4) x 3 vectors of 8 positions = 12 accumulators; per tap
+// 3 loads of the image, 4 weight broadcasts, 12 FMAs (forward); the weight gradient
+// holds 4 channels x 3 horizontal taps and reads 3 shifted image rows + 4 gradient rows.
 // Float and AVX2 only; everything else takes the indirect tiles (conv_indirect.h), which
 // the same tests compare this one against (tests/test_layers.cpp).
 #pragma once
@@ -165,13 +166,65 @@ void forward_example(const G& g, const float* x, const float* w, const float* bi
   }
 }
 
+// dw[co..co+4, ci, ky, 0..3] += sum over the example of y_grad * shifted image rows.
+template <class G>
+void weight_grad_example(const G& g, const Bordered& in, const float* y_grad, int co, float* dw) {
+  const int64_t out_plane = int64_t(g.oh) * g.ow;
+  const int depth = g.cin * 9;
+  for (int ci = 0; ci < g.cin; ++ci)
+    for (int ky = 0; ky < 3; ++ky) {
+      __m256 acc[4][3];
+MAML_UNROLL(4)
+      for (int c = 0; c < 4; ++c)
+MAML_UNROLL(3)
+        for (int k = 0; k < 3; ++k) acc[c][k] = _mm256_setzero_ps();
+      const float* grad_rows[4];
+      for (int c = 0; c < 4; ++c) grad_rows[c] = y_grad + (co + c) * out_plane;
+      // d[c] = y_grad[co + c] at 8 positions; x = the image row shifted by each tap
+      // the three shifted image vectors stay in registers and each channel's y_grad vector is
+      // loaded once for its three FMAs: 12 accumulators + 3 + 1 = all 16 registers
+      const auto accumulate = [&](const float* row, int64_t at, int ox, bool full, __m256i lanes) {
+        __m256 x[3];
+MAML_UNROLL(3)
+        for (int k = 0; k < 3; ++k) {
+          x[k] = _mm256_loadu_ps(row + ox + k);
+          __asm__("" : "+x"(x[k]));
+        }
+MAML_UNROLL(4)
+        for (int c = 0; c < 4; ++c) {
+          const __m256 d = full ? _mm256_loadu_ps(grad_rows[c] + at) : _mm256_maskload_ps(grad_rows[c] + at, lanes);
+MAML_UNROLL(3)
+          for (int k = 0; k < 3; ++k) acc[c][k] = _mm256_fmadd_ps(d, x[k], acc[c][k]);
+        }
+      };
+      const int full_end = g.ow / 8 * 8;
+      // lanes past the row end read zeros of y_grad, so they add nothing
+      const __m256i tail = first_lanes(g.ow - full_end);
+      for (int oy = 0; oy < g.oh; ++oy) {
+        const float* row = in.row(ci, oy + ky);
+        const int64_t at = int64_t(oy) * g.ow;
+        for (int ox = 0; ox < full_end; ox += 8) accumulate(row, at + ox, ox, true, tail);
+        if (full_end < g.ow) accumulate(row, at + full_end, full_end, false, tail);
+      }
+MAML_UNROLL(4)
+      for (int c = 0; c < 4; ++c)
+MAML_UNROLL(3)
+        for (int k = 0; k < 3; ++k) {
+          alignas(32) float lane[8];
+          _mm256_store_ps(lane, acc[c][k]);
+          // pairwise, in a fixed order: results do not depend on threads
+          const float sum = ((lane[0] + lane[4]) + (lane[2] + lane[6])) + ((lane[1] + lane[5]) + (lane[3] + lane[7]));
+          dw[int64_t(co + c) * depth + (ci * 3 + ky) * 3 + k] += sum;
+        }
+    }
+}
 #else
 constexpr bool available = false;
 #endif
 
 }  // namespace direct_conv
 
-// Whether conv_forward takes the direct path for this layer and type.
+// Whether conv_forward / conv_weight_grad take the direct path for this layer and type.
 template <class T, class G>
 bool conv_is_direct(const G& g) {
   return std::is_same<T, float>::value && direct_conv::available && g.stride == 1 &&

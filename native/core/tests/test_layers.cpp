@@ -150,10 +150,9 @@ TEST(conv_forward_and_gradients_match_direct_convolution_and_finite_differences)
 }
 
 // Float layers with few input channels at stride 1 (the miniimagenet input layer) take the
-// direct forward of cpu/conv_direct.h; double takes the indirect GEMM tiles. Both must give
-// the same forward (plain and accumulated), at widths that end in a full three-vector tile
-// or a tail of one, two or three vectors; and the float weight and bias gradients (indirect
-// tiles, depth 27) must match double.
+// direct kernels of cpu/conv_direct.h; double takes the indirect GEMM tiles. Both must give the
+// same forward (plain and accumulated) and weight and bias gradients, at widths that end in
+// a full three-vector tile or a tail of one, two or three vectors.
 TEST(direct_float_convolution_matches_the_gemm_path) {
   for (int h : {24, 13, 30, 20, 84}) {
     ConvGeometry g{3, h, h, 8, 0, 0, 1, 0, 0};
