@@ -182,9 +182,38 @@ void pack_weights(int rows, int depth, const T* w, T* packed) {
   gemm_detail::pack_b<T, Tile<T>::NR>(depth, rows, w, transposed(depth), packed);
 }
 
+// moments[c][2] += the sums of (tile row + bias) and of its square over `count` tile rows,
+// for the output channels c < n: in T over a block of rows (two rows at a time, to halve
+// the chain of dependent adds), then in double.
+template <class T>
+void add_moments(const T* tiles, int64_t count, int n, const T* bias, double* moments) {
+  constexpr int NR = Tile<T>::NR;
+  T b[NR], sum[2][NR] = {}, squares[2][NR] = {};
+  for (int c = 0; c < NR; ++c) b[c] = bias && c < n ? bias[c] : T(0);
+  int64_t q = 0;
+  for (; q + 1 < count; q += 2)
+    for (int r = 0; r < 2; ++r)
+      for (int c = 0; c < NR; ++c) {
+        const T v = tiles[(q + r) * NR + c] + b[c];
+        sum[r][c] += v;
+        squares[r][c] += v * v;
+      }
+  for (; q < count; ++q)
+    for (int c = 0; c < NR; ++c) {
+      const T v = tiles[q * NR + c] + b[c];
+      sum[0][c] += v;
+      squares[0][c] += v * v;
+    }
+  for (int c = 0; c < n; ++c) {
+    moments[c * 2] += double(sum[0][c]) + double(sum[1][c]);
+    moments[c * 2 + 1] += double(squares[0][c]) + double(squares[1][c]);
+  }
+}
+
 // out[write[m] + c * channel_stride] (+)= sum_p views[p][read[m]] B[p][c] (+ bias[c]) for
 // the positions m < count and the output channels c < channels, B packed by pack_weights.
-// moments (or null): [channels][2] += sum and sum of squares of what is stored, in double.
+// moments (or null, accumulate false): [channels][2] += sum and sum of squares of what is
+// stored (add_moments).
 template <class T>
 void multiply(int depth, const T* const* views, int64_t count, const int32_t* read, const int32_t* write,
               int channels, int64_t channel_stride, const T* packed, const T* bias, bool accumulate, T* out,
@@ -217,13 +246,8 @@ void multiply(int depth, const T* const* views, int64_t count, const int32_t* re
           const T v = row[c] + (bias ? bias[c0 + c] : T(0));
           o[c * channel_stride] = accumulate ? o[c * channel_stride] + v : v;
         }
-        if (moments)
-          for (int c = 0; c < n; ++c) {
-            const double v = o[c * channel_stride];
-            moments[(c0 + c) * 2] += v;
-            moments[(c0 + c) * 2 + 1] += v * v;
-          }
       }
+      if (moments) add_moments(tiles, last - first, n, bias ? bias + c0 : nullptr, moments + c0 * 2);
     }
   }
 }
