@@ -413,7 +413,7 @@ class Engine : public Napi::ObjectWrap<Engine> {
       double_ = dtype == "float64";
       const double epsilon = number_field(o, "batchNormEpsilon", 1e-3);
       if (!(epsilon > 0)) throw Failure(expected_got("option 'batchNormEpsilon'", "a positive number", std::to_string(epsilon)));
-      const double budget = number_field(o, "workspaceBytes", 768e6);
+      const double budget = number_field(o, "workspaceBytes", 512e6);
       const std::string device = o.Get("device").IsString() ? o.Get("device").As<Napi::String>().Utf8Value() : "cpu";
       if (device != "cpu" && device != "cuda" && device != "auto")
         throw Failure(expected_got("option 'device'", "'cpu', 'cuda' or 'auto'", device));

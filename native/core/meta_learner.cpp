@@ -70,8 +70,11 @@ int MetaLearner<T>::task_group_size(const TaskBatch<T>& batch, bool tangent) con
   const int widest = std::max(batch.support.size, batch.query.size);
   const double primal = Network<T>::bytes_per_example(arch_, false);
   const double per_task = widest * primal + (tangent ? batch.support.size * primal : 0.0);
-  const int group = int(std::floor(workspace_budget_ / std::max(per_task, 1.0)));
-  return std::clamp(group, 1, batch.tasks);
+  const int most = std::clamp(int(std::floor(workspace_budget_ / std::max(per_task, 1.0))), 1, batch.tasks);
+  // as few groups as the budget allows, of equal size: 4 tasks with room for 3 run as 2 + 2,
+  // not 3 + 1 (a group of one leaves the task-parallel kernels short of work)
+  const int groups = (batch.tasks + most - 1) / most;
+  return (batch.tasks + groups - 1) / groups;
 }
 
 template <class T>

@@ -87,7 +87,7 @@ struct Adaptation {
 template <class T>
 class MetaLearner {
  public:
-  MetaLearner(Architecture architecture, T batch_norm_epsilon = T(1e-3), double workspace_budget_bytes = 768e6);
+  MetaLearner(Architecture architecture, T batch_norm_epsilon = T(1e-3), double workspace_budget_bytes = 512e6);
 
   const Architecture& architecture() const { return arch_; }
   MetaGradient<T> meta_gradient(const T* meta_parameters, const TaskBatch<T>& batch, const InnerLoop& loop);

@@ -22,7 +22,7 @@ export interface EngineOptions {
   imageSize?: number;             // default: the paper's (28, 84)
   channels?: number;              // default: the paper's (1, 3)
   hidden?: number[];              // mlp / sinusoid hidden widths (default: the paper's)
-  workspaceBytes?: number;        // budget that sets how many tasks run at once (default 768e6)
+  workspaceBytes?: number;        // budget that sets how many tasks run at once (default 512e6)
   device?: 'cpu' | 'cuda' | 'auto'; // auto: CUDA when a device answers (builds with the CUDA backend), else CPU
 }
 

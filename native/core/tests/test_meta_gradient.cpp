@@ -185,6 +185,12 @@ TEST(meta_gradient_is_independent_of_the_task_group_size) {
   const auto b = one_by_one.meta_gradient(theta.data(), tasks.batch, loop);
   CHECK(a.task_group == 4 && b.task_group == 1);
   CHECK_LESS(maml_test::relative_error(a.gradient, b.gradient), 1e-13, "grouped vs one task at a time");
+  // room for 3 of the 4 tasks (second order: 6 query + 6 support examples each) runs 2 + 2
+  const double per_task = Network<double>::bytes_per_example(arch, false) * (6 + 6);
+  MetaLearner<double> room_for_three(arch, 1e-3, 3.5 * per_task);
+  const auto c = room_for_three.meta_gradient(theta.data(), tasks.batch, loop);
+  CHECK(c.task_group == 2);
+  CHECK_LESS(maml_test::relative_error(c.gradient, b.gradient), 1e-13, "groups of two vs one task at a time");
 }
 
 TEST(initialisation_is_seeded_glorot_with_the_normal_omniglot_head) {
