@@ -54,6 +54,7 @@ Network<T>::Network(const Architecture& architecture, T batch_norm_epsilon)
   buffers_.resize(buffer_width_.size());
   buffer_tangents_.resize(buffer_width_.size());
   argmax_.resize(layers);
+  pooled_input_.resize(layers);
   statistics_.resize(layers);
   relu_after_pool_.assign(layers, false);
   for (size_t i = 0; i + 1 < layers; ++i)
@@ -69,6 +70,7 @@ double Network<T>::bytes_per_example(const Architecture& a, bool tangent) {
     const Layer& l = a.layers[i];
     if (l.kind != LayerKind::ReLU && !pools_batch_norm(a, i)) values += l.out.size();
     if (l.kind == LayerKind::MaxPool2) indices += l.out.size();
+    if (i > 1 && pools_batch_norm(a, i - 2)) values += l.out.size();  // the batch norm input at the argmax
     widest = std::max<double>(widest, l.in.size());
   }
   const double copies = tangent ? 2 : 1;
@@ -81,6 +83,7 @@ size_t Network<T>::workspace_bytes() const {
   for (auto& b : buffers_) bytes += b.capacity() * sizeof(T);
   for (auto& b : buffer_tangents_) bytes += b.capacity() * sizeof(T);
   for (auto& b : argmax_) bytes += b.capacity() * sizeof(int32_t);
+  for (auto& b : pooled_input_) bytes += b.capacity() * sizeof(T);
   for (int i = 0; i < 2; ++i) bytes += (grad_[i].capacity() + grad_tangent_[i].capacity()) * sizeof(T);
   return bytes;
 }
@@ -120,8 +123,11 @@ void Network<T>::allocate(int examples, bool tangent) {
   }
   if (grow_primal)
     for (size_t i = 0; i < arch_.layers.size(); ++i)
-      if (arch_.layers[i].kind == LayerKind::MaxPool2)
+      if (arch_.layers[i].kind == LayerKind::MaxPool2) {
         argmax_[i].resize(size_t(arch_.layers[i].out.size()) * allocated_examples_);
+        if (i > 1 && pool_after_batch_norm_[i - 2])
+          pooled_input_[i].resize(size_t(arch_.layers[i].out.size()) * allocated_examples_);
+      }
   for (int i = 0; i < 2; ++i) {
     if (grow_primal) grad_[i].resize(size_t(widest) * allocated_examples_);
     if (grow_tangent) grad_tangent_[i].resize(size_t(widest) * allocated_tangent_examples_);
@@ -208,7 +214,8 @@ void Network<T>::forward(const PassData<T>& data, const T* const* params, const 
         if (pool_after_batch_norm_[i]) {
           const int pooled = buffer_of_[i + 3];
           batch_norm_pool_forward<T>(s, l.in.height, l.in.width, epsilon_, x, gamma, b.data(), buffers_[pooled].data(),
-                                     argmax_[i + 2].data(), statistics_[i], xt, gamma_tangent,
+                                     argmax_[i + 2].data(), pooled_input_[i + 2].data(), statistics_[i], xt,
+                                     gamma_tangent,
                                      tangents ? bt.data() : nullptr,
                                      tangents ? buffer_tangents_[pooled].data() : nullptr, conv_sums);
           break;
@@ -309,7 +316,8 @@ void Network<T>::backward(const PassData<T>& data, const T* const* params, const
         const bool scale = l.weight >= 0;
         if (pool_after_batch_norm_[i]) {  // yg, ygt: the pooled gradients (the pool above left them)
           batch_norm_pool_backward<T>(s, l.in.height, l.in.width, x, scale ? w.data() : nullptr, statistics_[i], yg,
-                                      argmax_[i + 2].data(), xg, scale ? wg.data() : nullptr, bg.data(), xt,
+                                      argmax_[i + 2].data(), pooled_input_[i + 2].data(), xg,
+                                      scale ? wg.data() : nullptr, bg.data(), xt,
                                       scale && tangent ? wt.data() : nullptr, ygt, xgt,
                                       scale && tangent ? wgt.data() : nullptr, tangent ? bgt.data() : nullptr);
           break;

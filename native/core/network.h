@@ -72,6 +72,9 @@ class Network {
   // the pooled values, the pool layer only applies the ReLU, and the full-size output of
   // the batch norm is never stored (its buffer stays empty).
   std::vector<bool> pool_after_batch_norm_;
+  // pooled_input_[i] (pool i fused with batch norm i - 2): the batch norm's input at each
+  // argmax, so that its reverse rule sums over pooled values without gathering them.
+  std::vector<std::vector<T>> pooled_input_;
   std::vector<BatchNormStatistics<T>> statistics_;
   std::vector<T> grad_[2], grad_tangent_[2];
   // Sums of a conv's output and its square per example and channel, added up by the conv

@@ -5,7 +5,7 @@
 //             only the pooled values and their argmax are written (a quarter of the
 //             values), and the tangent is evaluated at the argmax alone
 //   reverse   the pool's y_grad is zero except at the argmax, so the batch-norm sums run
-//             over the pooled gradient, x_grad is written as its dense part and the
+//             over the pooled gradient and x at the argmax (kept by the forward), x_grad is written as its dense part and the
 //             argmax entries are added on top: the full-size y_grad is never cleared,
 //             scattered or read
 // Same rules and names as batch_norm.h and simple_layers.h's max pool (MATH.md);
@@ -21,12 +21,13 @@
 
 namespace maml {
 
-// s: the batch norm's shape over the h x w input planes; pooled and argmax are
-// [tasks, batch, channels, h/2, w/2], argmax indexing the input plane; x_sums as in
-// batch_norm_forward.
+// s: the batch norm's shape over the h x w input planes; pooled, argmax and x_at_argmax
+// (x there, for the reverse rule) are [tasks, batch, channels, h/2, w/2], argmax indexing
+// the input plane; x_sums as in batch_norm_forward.
 template <class T>
 void batch_norm_pool_forward(const BatchNormShape& s, int h, int w, T epsilon, const T* x, const T* const* gamma,
-                             const T* const* beta, T* pooled, int32_t* argmax, BatchNormStatistics<T>& stats,
+                             const T* const* beta, T* pooled, int32_t* argmax, T* x_at_argmax,
+                             BatchNormStatistics<T>& stats,
                              const T* x_tangent, const T* const* gamma_tangent, const T* const* beta_tangent,
                              T* pooled_tangent, const double* x_sums = nullptr) {
   const int64_t count = int64_t(s.tasks) * s.channels;
@@ -58,6 +59,8 @@ void batch_norm_pool_forward(const BatchNormShape& s, int h, int w, T epsilon, c
         const T* in = p + int64_t(2 * oy) * w;
         for (int i = 0; i < 2 * w; ++i) rows[i] = g * (in[i] - mean) * inv_std + b;  // batch_norm_forward's y
         max_pool_row(rows.data(), 2 * oy * w, w, ow, pooled + out + oy * ow, argmax + out + oy * ow);
+        const int32_t* at = argmax + out + oy * ow;
+        for (int ox = 0; ox < ow; ++ox) x_at_argmax[out + oy * ow + ox] = p[at[ox]];  // rows still in L1
       }
     }
     if (!x_tangent) return;
@@ -68,12 +71,11 @@ void batch_norm_pool_forward(const BatchNormShape& s, int h, int w, T epsilon, c
     const T g_dot = gamma_tangent && gamma_tangent[task] ? gamma_tangent[task][c] : T(0);
     const T b_dot = beta_tangent && beta_tangent[task] ? beta_tangent[task][c] : T(0);
     for (int n = 0; n < s.batch; ++n) {
-      const T* p = x + s.at(task, n, c);
       const T* t = x_tangent + s.at(task, n, c);
       const int64_t out = ((int64_t(task) * s.batch + n) * s.channels + c) * out_plane;
       for (int64_t i = 0; i < out_plane; ++i) {
         const int32_t a = argmax[out + i];
-        const T x_hat = (p[a] - mean) * inv_std;
+        const T x_hat = (x_at_argmax[out + i] - mean) * inv_std;
         const T x_hat_tangent = inv_std * (t[a] - t_mean - x_hat * t_xhat_mean);
         pooled_tangent[out + i] = g_dot * x_hat + g * x_hat_tangent + b_dot;
       }
@@ -92,7 +94,7 @@ inline void prefetch_plane(const T* p, int64_t size) {
 template <class T>
 void batch_norm_pool_backward(const BatchNormShape& s, int h, int w, const T* x, const T* const* gamma,
                               const BatchNormStatistics<T>& stats, const T* pooled_grad, const int32_t* argmax,
-                              T* x_grad, T* const* gamma_grad, T* const* beta_grad, const T* x_tangent,
+                              const T* x_at_argmax, T* x_grad, T* const* gamma_grad, T* const* beta_grad, const T* x_tangent,
                               const T* const* gamma_tangent, const T* pooled_grad_tangent, T* x_grad_tangent,
                               T* const* gamma_grad_tangent, T* const* beta_grad_tangent) {
   const int64_t count = int64_t(s.tasks) * s.channels;
@@ -113,20 +115,16 @@ void batch_norm_pool_backward(const BatchNormShape& s, int h, int w, const T* x,
     constexpr int L = 8;
     T sums[5][L] = {};  // y_grad, y_grad x_hat, y_grad', y_grad' x_hat, y_grad x_hat'
     for (int n = 0; n < s.batch; ++n) {
-      const T* xs = x + s.at(task, n, c);
       const T* xt = tangent ? x_tangent + s.at(task, n, c) : nullptr;
       const int64_t o = pooled_at(n);
-      // the argmax reads are gathers, which the hardware prefetcher does not follow: fetch
-      // the next example's plane while this one is summed
-      if (n + 1 < s.batch) {
-        prefetch_plane(x + s.at(task, n + 1, c), s.plane);
-        if (tangent) prefetch_plane(x_tangent + s.at(task, n + 1, c), s.plane);
-      }
+      // the tangent's argmax reads are gathers, which the hardware prefetcher does not
+      // follow: fetch the next example's plane while this one is summed
+      if (tangent && n + 1 < s.batch) prefetch_plane(x_tangent + s.at(task, n + 1, c), s.plane);
       for (int64_t i0 = 0; i0 < out_plane; i0 += L) {
         const int lanes = int(std::min<int64_t>(L, out_plane - i0));
         for (int l = 0; l < lanes; ++l) {
           const int64_t i = o + i0 + l;
-          const T yg = pooled_grad[i], x_hat = (xs[argmax[i]] - mean) * inv_std;
+          const T yg = pooled_grad[i], x_hat = (x_at_argmax[i] - mean) * inv_std;
           sums[0][l] += yg;
           sums[1][l] += yg * x_hat;
           if (!tangent) continue;

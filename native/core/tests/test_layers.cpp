@@ -414,12 +414,14 @@ TEST(fused_batch_norm_and_max_pool_match_the_separate_layers) {
   double* fggtp[2] = {fggt.data(), fggt.data() + C};
   double* fbgtp[2] = {fbgt.data(), fbgt.data() + C};
   BatchNormStatistics<double> fstats;
-  batch_norm_pool_forward<double>(shape, h, w, 1e-3, x.data(), gp, bp, fpooled.data(), fargmax.data(), fstats, dx.data(),
-                                  gtp, btp, fpooled_t.data());
+  Vec x_at(pn);
+  batch_norm_pool_forward<double>(shape, h, w, 1e-3, x.data(), gp, bp, fpooled.data(), fargmax.data(), x_at.data(), fstats,
+                                  dx.data(), gtp, btp, fpooled_t.data());
   CHECK(fargmax == argmax);
   CHECK_LESS(maml_test::relative_error(fpooled, pooled), 1e-15, "fused pooled values");
   CHECK_LESS(maml_test::relative_error(fpooled_t, pooled_t), 1e-13, "fused pooled tangent");
-  batch_norm_pool_backward<double>(shape, h, w, x.data(), gp, fstats, pg.data(), fargmax.data(), fxg.data(), fggp, fbgp,
+  batch_norm_pool_backward<double>(shape, h, w, x.data(), gp, fstats, pg.data(), fargmax.data(), x_at.data(), fxg.data(),
+                                   fggp, fbgp,
                                    dx.data(), gtp, pgt.data(), fxgt.data(), fggtp, fbgtp);
   CHECK_LESS(maml_test::relative_error(fxg, xg), 1e-13, "fused x_grad");
   CHECK_LESS(maml_test::relative_error(fxgt, xgt), 1e-13, "fused x_grad tangent");
