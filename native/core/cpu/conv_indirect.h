@@ -98,7 +98,8 @@ struct ForwardPlan {
 // i + border - ky / stride, so border = 2 / stride keeps every read inside the planes.
 struct AdjointPlan {
   struct Phase {
-    std::vector<int> taps;  // ky * 3 + kx
+    std::vector<int> taps;              // ky * 3 + kx
+    std::vector<int64_t> view_offsets;  // per (tap, output channel), in the order of the depth
     Positions positions;
   };
   int border = 0;
@@ -114,6 +115,10 @@ struct AdjointPlan {
         Phase phase;
         for (int k = 0; k < 9; ++k)
           if (k / 3 % s == a && k % 3 % s == b) phase.taps.push_back(k);
+        // tap ky of channel co reads the bordered row i + border - ky / stride (see above)
+        for (int k : phase.taps)
+          for (int co = 0; co < g.cout; ++co)
+            phase.view_offsets.push_back(planes.at(co, 0) + int64_t(border - k / 3 / s) * planes.cols + (border - k % 3 / s));
         for (int n = 0; n < group; ++n) {
           int64_t count = 0;
           for (int r = 0; r < g.h; ++r)
@@ -128,11 +133,6 @@ struct AdjointPlan {
         }
         phases.push_back(std::move(phase));
       }
-  }
-  // The view of (output channel co, tap k) in planes of a group starting at `data`.
-  template <class T>
-  const T* view(const T* data, int co, int k, int stride) const {
-    return data + planes.at(co, 0) + int64_t(border - k / 3 / stride) * planes.cols + (border - k % 3 / stride);
   }
 };
 
@@ -359,6 +359,10 @@ void input_grad(const ConvGeometry& g, int tasks, int batch, const T* y_grad, co
           for (int co = 0; co < g.cout; ++co, out += NR) {
             const T* src = weights[t] + (int64_t(co) * g.cin + c0) * 9 + tap;
             const int n = std::min(NR, g.cin - c0);
+            if (n == NR) {  // a fixed count: unrolled, no per-element compare
+              for (int c = 0; c < NR; ++c) out[c] = src[c * 9];
+              continue;
+            }
             for (int c = 0; c < n; ++c) out[c] = src[c * 9];
             for (int c = n; c < NR; ++c) out[c] = T(0);
           }
@@ -381,9 +385,8 @@ void input_grad(const ConvGeometry& g, int tasks, int batch, const T* y_grad, co
             for (int ci = 0; ci < g.cin; ++ci) out[phase.positions.write[m] + ci * g.in_plane()] = T(0);
         continue;
       }
-      views.clear();
-      for (int tap : phase.taps)
-        for (int co = 0; co < g.cout; ++co) views.push_back(plan.view<T>(planes, co, tap, g.stride));
+      views.resize(phase.view_offsets.size());
+      for (size_t p = 0; p < views.size(); ++p) views[p] = planes + phase.view_offsets[p];
       multiply(int(views.size()), views.data(), count, phase.positions.read.data(), phase.positions.write.data(), g.cin,
                g.in_plane(), packed + task * size + phase_offset[ph], static_cast<const T*>(nullptr), accumulate, out);
     }
