@@ -78,17 +78,20 @@ void conv_weight_grad(const ConvGeometry& g, int tasks, int batch, const T* x, c
 #if defined(__AVX2__) && defined(__FMA__)
   if constexpr (std::is_same<T, float>::value) {
     if (conv_is_direct<T>(g)) {
-      // units own four output channels of one task: their rows of dw, no races
-      const int blocks = g.cout / 4;
+      // Units own whole tasks where there are enough of them (each image is bordered once
+      // for all output channels), else four output channels of one task (each unit borders
+      // every image again): either way a unit owns its rows of dw, so nothing races.
+      const int blocks = tasks >= thread_count() ? 1 : g.cout / 4, channels = g.cout / blocks;
       parallel_for(int64_t(tasks) * blocks, [&](int64_t unit) {
-        const int task = int(unit / blocks), co = int(unit % blocks) * 4;
+        const int task = int(unit / blocks), c0 = int(unit % blocks) * channels;
         T* dw = weight_grads[task];
-        if (!accumulate) std::fill(dw + int64_t(co) * g.depth(), dw + int64_t(co + 4) * g.depth(), T(0));
+        if (!accumulate) std::fill(dw + int64_t(c0) * g.depth(), dw + int64_t(c0 + channels) * g.depth(), T(0));
         thread_local direct_conv::Bordered bordered;
         for (int n = 0; n < batch; ++n) {
           const int64_t example = int64_t(task) * batch + n;
           bordered.fill(g, x + example * g.in_size());
-          direct_conv::weight_grad_example(g, bordered, y_grad + example * g.out_size(), co, dw);
+          for (int co = c0; co < c0 + channels; co += 4)
+            direct_conv::weight_grad_example(g, bordered, y_grad + example * g.out_size(), co, dw);
         }
       });
       conv_bias_grad(g, tasks, batch, y_grad, bias_grads, accumulate);
