@@ -173,7 +173,7 @@ void pack_b(int k, int n, const T* b, MatrixView bv, T* packed) {
         packed += NR;
       }
     } else if (bv.row_stride == 1) {
-      // B is a transposed row-major matrix (the weight gradient's im2col^T): read each
+      // B is a transposed row-major matrix (conv weights W^T for the indirect tiles): read each
       // column as the contiguous run it is and scatter into the sliver, which sits in L1.
       if (cols == NR && transpose_columns(k, b + j0 * bv.col_stride, bv.col_stride, NR, packed)) {
         packed += k * NR;
