@@ -21,6 +21,13 @@ struct BatchNormStatistics {
   // per (task, channel)
   std::vector<T> mean, inv_std;
   std::vector<T> tangent_mean, tangent_xhat_mean;  // mean(x_tangent), mean(x_hat x_tangent)
+  void prepare(int64_t count, bool tangent) {
+    mean.resize(count);
+    inv_std.resize(count);
+    if (!tangent) return;
+    tangent_mean.resize(count);
+    tangent_xhat_mean.resize(count);
+  }
 };
 
 struct BatchNormShape {
@@ -88,6 +95,57 @@ void batch_norm_tangent_moments(const BatchNormShape& s, const T* x, const T* x_
   *tangent_xhat_mean = sums[1] * inv_m;
 }
 
+// The statistics of unit (task, c) into stats: from the conv's sums where given
+// (batch_norm_moments_from_sums), else in two passes; with x_tangent, its tangent part too.
+template <class T>
+void store_moments(const BatchNormShape& s, T epsilon, const T* x, const double* x_sums, int task, int c, int64_t unit,
+                   BatchNormStatistics<T>& stats) {
+  if (x_sums)
+    batch_norm_moments_from_sums(s, epsilon, x_sums, task, c, &stats.mean[unit], &stats.inv_std[unit]);
+  else
+    batch_norm_moments(s, epsilon, x, task, c, &stats.mean[unit], &stats.inv_std[unit]);
+}
+template <class T>
+void store_tangent_moments(const BatchNormShape& s, const T* x, const T* x_tangent, int task, int c, int64_t unit,
+                           BatchNormStatistics<T>& stats) {
+  batch_norm_tangent_moments(s, x, x_tangent, task, c, stats.mean[unit], stats.inv_std[unit], &stats.tangent_mean[unit],
+                             &stats.tangent_xhat_mean[unit]);
+}
+
+// What both reverse rules (batch_norm_backward here, batch_norm_pool_backward) need of one
+// (task, channel): its statistics and scale, and, from the five sums over y_grad, the
+// parameter gradients (written) and the coefficients of
+//   x_grad = s (gamma y_grad - a - x_hat b),   x_grad' = (s'/s) x_grad + s (g' - a' - x_hat' b - x_hat b').
+template <class T>
+struct ChannelReverse {
+  T mean, inv_std, g, g_dot, t_mean, t_xhat_mean;
+  T a = 0, b = 0, a_t = 0, b_t = 0, s_t_over_s = 0;
+  ChannelReverse(const BatchNormStatistics<T>& stats, int64_t unit, const T* const* gamma,
+                 const T* const* gamma_tangent, bool tangent, int task, int c)
+      : mean(stats.mean[unit]),
+        inv_std(stats.inv_std[unit]),
+        g(gamma && gamma[task] ? gamma[task][c] : T(1)),
+        g_dot(tangent && gamma_tangent && gamma_tangent[task] ? gamma_tangent[task][c] : T(0)),
+        t_mean(tangent ? stats.tangent_mean[unit] : T(0)),
+        t_xhat_mean(tangent ? stats.tangent_xhat_mean[unit] : T(0)) {}
+  // sums: y_grad, y_grad x_hat, y_grad', y_grad' x_hat, y_grad x_hat' (the last three with tangents)
+  void finish(const T (&sums)[5], T inv_m, bool tangent, int task, int c, T* const* gamma_grad, T* const* beta_grad,
+              T* const* gamma_grad_tangent, T* const* beta_grad_tangent) {
+    if (beta_grad && beta_grad[task]) beta_grad[task][c] = sums[0];
+    if (gamma_grad && gamma_grad[task]) gamma_grad[task][c] = sums[1];
+    if (tangent) {
+      if (beta_grad_tangent && beta_grad_tangent[task]) beta_grad_tangent[task][c] = sums[2];
+      if (gamma_grad_tangent && gamma_grad_tangent[task]) gamma_grad_tangent[task][c] = sums[3] + sums[4];
+    }
+    // with g = gamma y_grad: a = mean(g), b = mean(g x_hat); g' = gamma' y_grad + gamma y_grad'
+    a = g * sums[0] * inv_m;
+    b = g * sums[1] * inv_m;
+    a_t = (g_dot * sums[0] + g * sums[2]) * inv_m;
+    b_t = (g_dot * sums[1] + g * sums[3] + g * sums[4]) * inv_m;
+    s_t_over_s = -inv_std * t_xhat_mean;  // s' / s = -s mean(x_hat x')
+  }
+};
+
 // gamma/beta: per task pointers (gamma may be null: scale 1). Tangents of x, gamma and beta
 // are optional (null: no tangent pass). x_sums (or null): the conv's sums of x and x^2
 // (batch_norm_moments_from_sums).
@@ -96,21 +154,11 @@ void batch_norm_forward(const BatchNormShape& s, T epsilon, const T* x, const T*
                         T* y, BatchNormStatistics<T>& stats, const T* x_tangent, const T* const* gamma_tangent,
                         const T* const* beta_tangent, T* y_tangent, const double* x_sums = nullptr) {
   const int64_t count = int64_t(s.tasks) * s.channels;
-  stats.mean.resize(count);
-  stats.inv_std.resize(count);
-  if (x_tangent) {
-    stats.tangent_mean.resize(count);
-    stats.tangent_xhat_mean.resize(count);
-  }
+  stats.prepare(count, x_tangent != nullptr);
   parallel_for(count, [&](int64_t unit) {
     const int task = int(unit / s.channels), c = int(unit % s.channels);
-    T mean, inv_std;
-    if (x_sums)
-      batch_norm_moments_from_sums(s, epsilon, x_sums, task, c, &mean, &inv_std);
-    else
-      batch_norm_moments(s, epsilon, x, task, c, &mean, &inv_std);
-    stats.mean[unit] = mean;
-    stats.inv_std[unit] = inv_std;
+    store_moments(s, epsilon, x, x_sums, task, c, unit, stats);
+    const T mean = stats.mean[unit], inv_std = stats.inv_std[unit];
     const T g = gamma && gamma[task] ? gamma[task][c] : T(1);
     const T b = beta[task][c];
     for (int n = 0; n < s.batch; ++n) {
@@ -119,10 +167,8 @@ void batch_norm_forward(const BatchNormShape& s, T epsilon, const T* x, const T*
       for (int64_t i = 0; i < s.plane; ++i) q[i] = g * (p[i] - mean) * inv_std + b;
     }
     if (!x_tangent) return;
-    T tangent_mean, tangent_xhat_mean;
-    batch_norm_tangent_moments(s, x, x_tangent, task, c, mean, inv_std, &tangent_mean, &tangent_xhat_mean);
-    stats.tangent_mean[unit] = tangent_mean;
-    stats.tangent_xhat_mean[unit] = tangent_xhat_mean;
+    store_tangent_moments(s, x, x_tangent, task, c, unit, stats);
+    const T tangent_mean = stats.tangent_mean[unit], tangent_xhat_mean = stats.tangent_xhat_mean[unit];
     const T g_dot = gamma_tangent && gamma_tangent[task] ? gamma_tangent[task][c] : T(0);
     const T b_dot = beta_tangent && beta_tangent[task] ? beta_tangent[task][c] : T(0);
     for (int n = 0; n < s.batch; ++n) {
@@ -153,11 +199,8 @@ void batch_norm_backward(const BatchNormShape& s, const T* x, const T* const* ga
   const bool tangent = x_tangent != nullptr;
   parallel_for(count, [&](int64_t unit) {
     const int task = int(unit / s.channels), c = int(unit % s.channels);
-    const T mean = stats.mean[unit], inv_std = stats.inv_std[unit];
-    const T g = gamma && gamma[task] ? gamma[task][c] : T(1);
-    const T g_dot = tangent && gamma_tangent && gamma_tangent[task] ? gamma_tangent[task][c] : T(0);
-    const T t_mean = tangent ? stats.tangent_mean[unit] : T(0);
-    const T t_xhat_mean = tangent ? stats.tangent_xhat_mean[unit] : T(0);
+    ChannelReverse<T> k(stats, unit, gamma, gamma_tangent, tangent, task, c);
+    const T mean = k.mean, inv_std = k.inv_std, t_mean = k.t_mean, t_xhat_mean = k.t_xhat_mean;
     // pass 1: the sums every rule needs
     T sums[2] = {0, 0};            // sum(y_grad), sum(y_grad x_hat)
     T tangent_sums[3] = {0, 0, 0};  // sum(y_grad'), sum(y_grad' x_hat), sum(y_grad x_hat')
@@ -178,21 +221,10 @@ void batch_norm_backward(const BatchNormShape& s, const T* x, const T* const* ga
         out[2] = load(yg) * x_hat_t;
       });
     }
-    const T sum_grad = sums[0], sum_grad_xhat = sums[1];
-    const T sum_grad_t = tangent_sums[0], sum_grad_t_xhat = tangent_sums[1], sum_grad_xhat_t = tangent_sums[2];
-    if (beta_grad && beta_grad[task]) beta_grad[task][c] = sum_grad;
-    if (gamma_grad && gamma_grad[task]) gamma_grad[task][c] = sum_grad_xhat;
-    if (tangent) {
-      if (beta_grad_tangent && beta_grad_tangent[task]) beta_grad_tangent[task][c] = sum_grad_t;
-      if (gamma_grad_tangent && gamma_grad_tangent[task]) gamma_grad_tangent[task][c] = sum_grad_t_xhat + sum_grad_xhat_t;
-    }
+    const T all[5] = {sums[0], sums[1], tangent_sums[0], tangent_sums[1], tangent_sums[2]};
+    k.finish(all, inv_m, tangent, task, c, gamma_grad, beta_grad, gamma_grad_tangent, beta_grad_tangent);
     if (!x_grad) return;
-    // with g = gamma y_grad: a = mean(g), b = mean(g x_hat)
-    const T a = g * sum_grad * inv_m, b = g * sum_grad_xhat * inv_m;
-    // g' = gamma' y_grad + gamma y_grad'
-    const T a_t = (g_dot * sum_grad + g * sum_grad_t) * inv_m;
-    const T b_t = (g_dot * sum_grad_xhat + g * sum_grad_t_xhat + g * sum_grad_xhat_t) * inv_m;
-    const T s_t_over_s = -inv_std * t_xhat_mean;  // s' / s = -s mean(x_hat x')
+    const T g = k.g, g_dot = k.g_dot, a = k.a, b = k.b, a_t = k.a_t, b_t = k.b_t, s_t_over_s = k.s_t_over_s;
     // two loops, not one with a branch inside, so that each vectorises
     for (int n = 0; n < s.batch; ++n) {
       const int64_t o = s.at(task, n, c);

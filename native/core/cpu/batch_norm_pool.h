@@ -33,21 +33,11 @@ void batch_norm_pool_forward(const BatchNormShape& s, int h, int w, T epsilon, c
   const int64_t count = int64_t(s.tasks) * s.channels;
   const int oh = h / 2, ow = w / 2;
   const int64_t out_plane = int64_t(oh) * ow;
-  stats.mean.resize(count);
-  stats.inv_std.resize(count);
-  if (x_tangent) {
-    stats.tangent_mean.resize(count);
-    stats.tangent_xhat_mean.resize(count);
-  }
+  stats.prepare(count, x_tangent != nullptr);
   parallel_for(count, [&](int64_t unit) {
     const int task = int(unit / s.channels), c = int(unit % s.channels);
-    T mean, inv_std;
-    if (x_sums)
-      batch_norm_moments_from_sums(s, epsilon, x_sums, task, c, &mean, &inv_std);
-    else
-      batch_norm_moments(s, epsilon, x, task, c, &mean, &inv_std);
-    stats.mean[unit] = mean;
-    stats.inv_std[unit] = inv_std;
+    store_moments(s, epsilon, x, x_sums, task, c, unit, stats);
+    const T mean = stats.mean[unit], inv_std = stats.inv_std[unit];
     const T g = gamma && gamma[task] ? gamma[task][c] : T(1);
     const T b = beta[task][c];
     thread_local std::vector<T> rows;
@@ -64,10 +54,8 @@ void batch_norm_pool_forward(const BatchNormShape& s, int h, int w, T epsilon, c
       }
     }
     if (!x_tangent) return;
-    T t_mean, t_xhat_mean;
-    batch_norm_tangent_moments(s, x, x_tangent, task, c, mean, inv_std, &t_mean, &t_xhat_mean);
-    stats.tangent_mean[unit] = t_mean;
-    stats.tangent_xhat_mean[unit] = t_xhat_mean;
+    store_tangent_moments(s, x, x_tangent, task, c, unit, stats);
+    const T t_mean = stats.tangent_mean[unit], t_xhat_mean = stats.tangent_xhat_mean[unit];
     const T g_dot = gamma_tangent && gamma_tangent[task] ? gamma_tangent[task][c] : T(0);
     const T b_dot = beta_tangent && beta_tangent[task] ? beta_tangent[task][c] : T(0);
     for (int n = 0; n < s.batch; ++n) {
@@ -103,11 +91,8 @@ void batch_norm_pool_backward(const BatchNormShape& s, int h, int w, const T* x,
   const bool tangent = x_tangent != nullptr;
   parallel_for(count, [&](int64_t unit) {
     const int task = int(unit / s.channels), c = int(unit % s.channels);
-    const T mean = stats.mean[unit], inv_std = stats.inv_std[unit];
-    const T g = gamma && gamma[task] ? gamma[task][c] : T(1);
-    const T g_dot = tangent && gamma_tangent && gamma_tangent[task] ? gamma_tangent[task][c] : T(0);
-    const T t_mean = tangent ? stats.tangent_mean[unit] : T(0);
-    const T t_xhat_mean = tangent ? stats.tangent_xhat_mean[unit] : T(0);
+    ChannelReverse<T> k(stats, unit, gamma, gamma_tangent, tangent, task, c);
+    const T mean = k.mean, inv_std = k.inv_std, t_mean = k.t_mean, t_xhat_mean = k.t_xhat_mean;
     const auto pooled_at = [&](int n) { return ((int64_t(task) * s.batch + n) * s.channels + c) * out_plane; };
     // the sums, over the argmax positions only (y_grad is zero elsewhere), in 8 interleaved
     // partial sums: one running sum is a chain of dependent adds (fixed order: no
@@ -141,19 +126,9 @@ void batch_norm_pool_backward(const BatchNormShape& s, int h, int w, const T* x,
         for (int l = 0; l < width; ++l) sums[k][l] += sums[k][l + width];
       total[k] = sums[k][0];
     }
-    const T sum_grad = total[0], sum_grad_xhat = total[1];
-    const T sum_grad_t = total[2], sum_grad_t_xhat = total[3], sum_grad_xhat_t = total[4];
-    if (beta_grad && beta_grad[task]) beta_grad[task][c] = sum_grad;
-    if (gamma_grad && gamma_grad[task]) gamma_grad[task][c] = sum_grad_xhat;
-    if (tangent) {
-      if (beta_grad_tangent && beta_grad_tangent[task]) beta_grad_tangent[task][c] = sum_grad_t;
-      if (gamma_grad_tangent && gamma_grad_tangent[task]) gamma_grad_tangent[task][c] = sum_grad_t_xhat + sum_grad_xhat_t;
-    }
+    k.finish(total, inv_m, tangent, task, c, gamma_grad, beta_grad, gamma_grad_tangent, beta_grad_tangent);
     if (!x_grad) return;
-    const T a = g * sum_grad * inv_m, b = g * sum_grad_xhat * inv_m;
-    const T a_t = (g_dot * sum_grad + g * sum_grad_t) * inv_m;
-    const T b_t = (g_dot * sum_grad_xhat + g * sum_grad_t_xhat + g * sum_grad_xhat_t) * inv_m;
-    const T s_t_over_s = -inv_std * t_xhat_mean;
+    const T g = k.g, g_dot = k.g_dot, a = k.a, b = k.b, a_t = k.a_t, b_t = k.b_t, s_t_over_s = k.s_t_over_s;
     for (int n = 0; n < s.batch; ++n) {
       const int64_t o = s.at(task, n, c), po = pooled_at(n);
       const T* __restrict xs = x + o;
