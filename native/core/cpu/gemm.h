@@ -269,22 +269,37 @@ MAML_UNROLL(4)
 // The offsets let a tile's rows be any positions of a strided, padded image, so nothing
 // is computed twice or copied into a matrix first. add: the tile already holds a partial
 // sum (an earlier depth block) to add to.
-template <class T, class S>
-__attribute__((noinline)) void indirect_tile_columns(int k, const T* const* __restrict columns,
-                                                     const int32_t* __restrict at, const T* __restrict b, bool add,
-                                                     T* __restrict tile) {
+// The two ways A comes in: the tile kernel below asks each for the row pointers of one depth
+// step (next) and then for A(r, p) (at).
+template <class T, int MR>
+struct ColumnSource {  // A(r, p) = columns[p][offset[r]]
+  const T* const* __restrict columns;
+  std::ptrdiff_t offset[MR];
+  const T* current = nullptr;
+  void next(int p) { current = columns[p]; }
+  const T* at(int r) const { return current + offset[r]; }
+};
+template <class T, int MR>
+struct RowSource {  // A(r, p) = rows[r][positions[p]]
+  const T* rows[MR];
+  const int32_t* __restrict positions;
+  std::ptrdiff_t offset = 0;
+  void next(int p) { offset = positions[p]; }
+  const T* at(int r) const { return rows[r] + offset; }
+};
+
+template <class T, class S, class Source>
+__attribute__((always_inline)) inline void indirect_tile(int k, Source source, const T* __restrict b, bool add,
+                                                         T* __restrict tile) {
   using V = typename Simd<T>::V;
   constexpr int MR = S::MR, NV = S::NV, L = Simd<T>::lanes;
-  std::ptrdiff_t offset[MR];
-MAML_UNROLL(8)
-  for (int r = 0; r < MR; ++r) offset[r] = at[r];
   V acc[MR][NV];
 MAML_UNROLL(8)
   for (int r = 0; r < MR; ++r)
 MAML_UNROLL(4)
     for (int v = 0; v < NV; ++v) acc[r][v] = add ? Simd<T>::load(tile + r * NV * L + v * L) : Simd<T>::zero();
   for (int p = 0; p < k; ++p) {
-    const T* a = columns[p];
+    source.next(p);
     V bv[NV];
 MAML_UNROLL(4)
     for (int v = 0; v < NV; ++v) {
@@ -293,7 +308,7 @@ MAML_UNROLL(4)
     }
 MAML_UNROLL(8)
     for (int r = 0; r < MR; ++r) {
-      const V ar = Simd<T>::broadcast(a + offset[r]);
+      const V ar = Simd<T>::broadcast(source.at(r));
 MAML_UNROLL(4)
       for (int v = 0; v < NV; ++v) acc[r][v] = Simd<T>::fma(ar, bv[v], acc[r][v]);
     }
@@ -306,38 +321,22 @@ MAML_UNROLL(4)
 }
 
 template <class T, class S>
+__attribute__((noinline)) void indirect_tile_columns(int k, const T* const* __restrict columns,
+                                                     const int32_t* __restrict at, const T* __restrict b, bool add,
+                                                     T* __restrict tile) {
+  ColumnSource<T, S::MR> source{columns, {}};
+MAML_UNROLL(8)
+  for (int r = 0; r < S::MR; ++r) source.offset[r] = at[r];
+  indirect_tile<T, S>(k, source, b, add, tile);
+}
+
+template <class T, class S>
 __attribute__((noinline)) void indirect_tile_rows(int k, const T* const* __restrict rows, const int32_t* __restrict at,
                                                   const T* __restrict b, bool add, T* __restrict tile) {
-  using V = typename Simd<T>::V;
-  constexpr int MR = S::MR, NV = S::NV, L = Simd<T>::lanes;
-  const T* a[MR];
+  RowSource<T, S::MR> source{{}, at};
 MAML_UNROLL(8)
-  for (int r = 0; r < MR; ++r) a[r] = rows[r];
-  V acc[MR][NV];
-MAML_UNROLL(8)
-  for (int r = 0; r < MR; ++r)
-MAML_UNROLL(4)
-    for (int v = 0; v < NV; ++v) acc[r][v] = add ? Simd<T>::load(tile + r * NV * L + v * L) : Simd<T>::zero();
-  for (int p = 0; p < k; ++p) {
-    const std::ptrdiff_t offset = at[p];
-    V bv[NV];
-MAML_UNROLL(4)
-    for (int v = 0; v < NV; ++v) {
-      bv[v] = Simd<T>::load(b + v * L);
-      __asm__("" : "+x"(bv[v]));
-    }
-MAML_UNROLL(8)
-    for (int r = 0; r < MR; ++r) {
-      const V ar = Simd<T>::broadcast(a[r] + offset);
-MAML_UNROLL(4)
-      for (int v = 0; v < NV; ++v) acc[r][v] = Simd<T>::fma(ar, bv[v], acc[r][v]);
-    }
-    b += NV * L;
-  }
-MAML_UNROLL(8)
-  for (int r = 0; r < MR; ++r)
-MAML_UNROLL(4)
-    for (int v = 0; v < NV; ++v) Simd<T>::store(tile + r * NV * L + v * L, acc[r][v]);
+  for (int r = 0; r < S::MR; ++r) source.rows[r] = rows[r];
+  indirect_tile<T, S>(k, source, b, add, tile);
 }
 
 struct PackBuffers;  // owner tag of the two packing buffers (0: B, 1: A)
