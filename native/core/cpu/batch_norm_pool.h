@@ -1,8 +1,9 @@
 // Batch norm followed by a 2x2 max pool (miniimagenet's conv -> bn -> relu -> pool; the
 // ReLU runs on the pooled values, network.h), fused so that the full-size normalised
 // activations are never stored.
-//   forward   each pair of rows is normalised into a small buffer and pooled from there:
-//             only the pooled values and their argmax are written (a quarter of the
+//   forward   x itself is pooled (by its largest or smallest value, as gamma's sign makes
+//             the normalisation rise or fall) and only the pooled values are normalised:
+//             the pooled values, their argmax and x there are written (a quarter of the
 //             values), and the tangent is evaluated at the argmax alone
 //   reverse   the pool's y_grad is zero except at the argmax, so the batch-norm sums run
 //             over the pooled gradient and x at the argmax (kept by the forward), x_grad is written as its dense part and the
@@ -40,17 +41,33 @@ void batch_norm_pool_forward(const BatchNormShape& s, int h, int w, T epsilon, c
     const T mean = stats.mean[unit], inv_std = stats.inv_std[unit];
     const T g = gamma && gamma[task] ? gamma[task][c] : T(1);
     const T b = beta[task][c];
-    thread_local std::vector<T> rows;
-    rows.resize(size_t(2) * w);
+    // y = g (x - mean) inv_std + b is monotone in x (each rounded step is), rising for
+    // g > 0 and falling for g < 0: the window's largest y sits at its largest x, or its
+    // smallest, first of equals either way. So pool x (or -x) and normalise a quarter of
+    // the values. g = 0 (or NaN) makes every y equal: the first candidate, as the pool.
+    thread_local std::vector<T> negated;
+    negated.resize(size_t(2) * w);
     for (int n = 0; n < s.batch; ++n) {
       const T* p = x + s.at(task, n, c);
       const int64_t out = ((int64_t(task) * s.batch + n) * s.channels + c) * out_plane;
       for (int oy = 0; oy < oh; ++oy) {
         const T* in = p + int64_t(2 * oy) * w;
-        for (int i = 0; i < 2 * w; ++i) rows[i] = g * (in[i] - mean) * inv_std + b;  // batch_norm_forward's y
-        max_pool_row(rows.data(), 2 * oy * w, w, ow, pooled + out + oy * ow, argmax + out + oy * ow);
-        const int32_t* at = argmax + out + oy * ow;
-        for (int ox = 0; ox < ow; ++ox) x_at_argmax[out + oy * ow + ox] = p[at[ox]];  // rows still in L1
+        T* x_at = x_at_argmax + out + oy * ow;
+        int32_t* at = argmax + out + oy * ow;
+        if (g > T(0)) {
+          max_pool_row(in, 2 * oy * w, w, ow, x_at, at);
+        } else if (g < T(0)) {
+          for (int i = 0; i < 2 * w; ++i) negated[i] = -in[i];
+          max_pool_row(negated.data(), 2 * oy * w, w, ow, x_at, at);
+          for (int ox = 0; ox < ow; ++ox) x_at[ox] = -x_at[ox];
+        } else {
+          for (int ox = 0; ox < ow; ++ox) {
+            at[ox] = 2 * oy * w + 2 * ox;
+            x_at[ox] = in[2 * ox];
+          }
+        }
+        T* y = pooled + out + oy * ow;
+        for (int ox = 0; ox < ow; ++ox) y[ox] = g * (x_at[ox] - mean) * inv_std + b;  // batch_norm_forward's y
       }
     }
     if (!x_tangent) return;

@@ -383,6 +383,7 @@ TEST(fused_batch_norm_and_max_pool_match_the_separate_layers) {
   Vec x = maml_test::random_vector(n, rng, 2.0), gamma = maml_test::random_vector(p, rng), beta = maml_test::random_vector(p, rng);
   for (size_t i = 0; i < n; i += 5) x[i + 1 < n ? i + 1 : i] = x[i];  // ties
   gamma[1] = -std::abs(gamma[1]);
+  gamma[2] = 0;  // every y equal: the pool's first candidate
   const Vec dx = maml_test::random_vector(n, rng), dgamma = maml_test::random_vector(p, rng), dbeta = maml_test::random_vector(p, rng);
   const Vec pg = maml_test::random_vector(pn, rng), pgt = maml_test::random_vector(pn, rng);
   const double* gp[2] = {gamma.data(), gamma.data() + C};
@@ -427,6 +428,34 @@ TEST(fused_batch_norm_and_max_pool_match_the_separate_layers) {
   CHECK_LESS(maml_test::relative_error(fxgt, xgt), 1e-13, "fused x_grad tangent");
   CHECK_LESS(maml_test::relative_error(fgg, gg) + maml_test::relative_error(fbg, bg), 1e-13, "fused gamma, beta grads");
   CHECK_LESS(maml_test::relative_error(fggt, ggt) + maml_test::relative_error(fbgt, bgt), 1e-13, "fused their tangents");
+}
+
+// The float forward, wide enough for the vector pool (8 outputs at a time) and its tail.
+TEST(fused_batch_norm_and_max_pool_forward_in_float_matches_the_separate_layers) {
+  const int h = 4, w = 22, C = 3;
+  const BatchNormShape shape{1, 2, C, int64_t(h) * w};
+  const size_t n = size_t(shape.batch) * C * h * w, pn = n / 4;
+  std::mt19937_64 rng(5);
+  const Vec xd = maml_test::random_vector(n, rng, 2.0);
+  std::vector<float> x(xd.begin(), xd.end());
+  for (size_t i = 0; i + 1 < n; i += 7) x[i + 1] = x[i];  // ties
+  const float gamma[C] = {0.7f, -1.3f, 0.0f}, beta[C] = {0.1f, -0.2f, 0.3f};
+  const float* gp[1] = {gamma};
+  const float* bp[1] = {beta};
+  std::vector<float> y(n), pooled(pn), fpooled(pn), x_at(pn);
+  std::vector<int32_t> argmax(pn), fargmax(pn);
+  BatchNormStatistics<float> stats, fstats;
+  batch_norm_forward<float>(shape, 1e-3f, x.data(), gp, bp, y.data(), stats, nullptr, nullptr, nullptr, nullptr);
+  max_pool_forward<float>(int64_t(n / (h * w)), h, w, y.data(), pooled.data(), argmax.data());
+  batch_norm_pool_forward<float>(shape, h, w, 1e-3f, x.data(), gp, bp, fpooled.data(), fargmax.data(), x_at.data(),
+                                 fstats, nullptr, nullptr, nullptr, nullptr);
+  CHECK(fargmax == argmax);
+  double worst = 0;
+  for (size_t i = 0; i < pn; ++i) {
+    worst = std::max(worst, double(std::abs(fpooled[i] - pooled[i])));
+    CHECK(x_at[i] == x[size_t(i / (w / 2 * h / 2)) * h * w + fargmax[i]]);
+  }
+  CHECK_LESS(worst, 1e-6, "float fused pooled values");
 }
 
 TEST(softmax_cross_entropy_and_squared_error_rules_match_finite_differences) {
