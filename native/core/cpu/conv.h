@@ -34,12 +34,16 @@ void conv_forward(const ConvGeometry& g, int tasks, int batch, const T* x, const
 #if defined(__AVX2__) && defined(__FMA__)
   if constexpr (std::is_same<T, float>::value) {
     if (conv_is_direct<T>(g)) {
-      parallel_for(int64_t(tasks) * batch, [&](int64_t unit) {
-        const int task = int(unit / batch);
+      // few examples (one task's support set): units of some output channels of an example
+      const int blocks = g.cout / 4, parts = parts_for_balance(int64_t(tasks) * batch, blocks);
+      parallel_for(int64_t(tasks) * batch * parts, [&](int64_t unit) {
+        const int64_t example = unit / parts;
+        const int task = int(example / batch), part = int(unit % parts);
         thread_local direct_conv::Bordered bordered;
-        direct_conv::forward_example(g, x + unit * g.in_size(), weights[task], biases ? biases[task] : nullptr,
-                                     accumulate, y + unit * g.out_size(), bordered,
-                                     moments ? moments + unit * g.cout * 2 : nullptr);
+        direct_conv::forward_example(g, x + example * g.in_size(), weights[task], biases ? biases[task] : nullptr,
+                                     accumulate, y + example * g.out_size(), bordered,
+                                     moments ? moments + example * g.cout * 2 : nullptr, part * blocks / parts * 4,
+                                     (part + 1) * blocks / parts * 4);
       });
       return;
     }

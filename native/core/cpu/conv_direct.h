@@ -140,15 +140,16 @@ void output_row_tiles(const G& g, const Bordered& in, const float* wc, const flo
   }
 }
 
-// One example: y (+)= conv(x, w) + bias over all output channels. moments (or null, and
-// only with accumulate false): [cout][2] = sum(y), sum(y^2) of each output plane, summed in
-// double for the batch norm that follows (network.cpp), which then skips its own passes.
+// One example: y (+)= conv(x, w) + bias over the output channels [c0, c1) (multiples of 4).
+// moments (or null, and only with accumulate false): [cout][2] = sum(y), sum(y^2) of each
+// output plane, summed in double for the batch norm that follows (network.cpp), which
+// then skips its own passes.
 template <class G>
 void forward_example(const G& g, const float* x, const float* w, const float* bias, bool accumulate, float* y,
-                     Bordered& in, double* moments) {
+                     Bordered& in, double* moments, int c0, int c1) {
   in.fill(g, x);
   const int64_t out_plane = int64_t(g.oh) * g.ow;
-  for (int co = 0; co < g.cout; co += 4) {
+  for (int co = c0; co < c1; co += 4) {
     const float* wc = w + int64_t(co) * g.cin * 9;
     const float* bc = bias ? bias + co : nullptr;
     float* yc = y + co * out_plane;

@@ -296,6 +296,22 @@ void correlate(int depth, const T* const* views, int64_t count, const int32_t* r
     }
 }
 
+// Channels [begin, end) of part `part` of `parts`: whole slivers of NR channels.
+struct ChannelRange {
+  int begin, end;
+  template <class T>
+  static ChannelRange of(int channels, int part, int parts) {
+    constexpr int NR = Tile<T>::NR;
+    const int slivers = (channels + NR - 1) / NR;
+    return {part * slivers / parts * NR, std::min(channels, (part + 1) * slivers / parts * NR)};
+  }
+  int size() const { return end - begin; }
+};
+template <class T>
+int slivers_of(int channels) {
+  return (channels + Tile<T>::NR - 1) / Tile<T>::NR;
+}
+
 // The cin * 9 views of a group's forward planes.
 template <class T>
 const T* const* forward_views(const ConvGeometry& g, const Planes& planes, const T* data) {
@@ -321,17 +337,24 @@ void forward(const ConvGeometry& g, int tasks, int batch, const T* x, const T* c
   const size_t size = packed_size<T>(g.cout, g.depth());
   T* packed = thread_scratch<T, PackedWeights, 1>(0, size * tasks);
   parallel_for(tasks, [&](int64_t t) { pack_weights<T>(g.cout, g.depth(), weights[t], packed + t * size); });
-  parallel_for(int64_t(tasks) * groups, [&](int64_t unit) {
-    const int task = int(unit / groups), n0 = int(unit % groups) * group, n = std::min(group, batch - n0);
+  // few groups (one task's support set): each also cut into parts of output channels,
+  // every part filling the group's planes again
+  const int parts = parts_for_balance(int64_t(tasks) * groups, slivers_of<T>(g.cout));
+  parallel_for(int64_t(tasks) * groups * parts, [&](int64_t unit) {
+    const int task = int(unit / (groups * parts)), index = int(unit / parts % groups);
+    const ChannelRange c = ChannelRange::of<T>(g.cout, int(unit % parts), parts);
+    const int n0 = index * group, n = std::min(group, batch - n0);
     const int64_t example = int64_t(task) * batch + n0;
     T* planes = scratch<T>(0, plan.planes.size(g.cin));
     fill_planes(plan.planes, g.cin, g.h, g.w, g.pad_top, g.pad_left, n, x + example * g.in_size(), g.in_size(), planes);
-    double* m = moments ? moments + example * g.cout * 2 : nullptr;
-    if (m) std::fill(m, m + int64_t(n) * g.cout * 2, 0.0);
+    double* m = moments ? moments + example * g.cout * 2 + c.begin * 2 : nullptr;
+    if (m)
+      for (int i = 0; i < n; ++i) std::fill(m + i * g.cout * 2, m + i * g.cout * 2 + c.size() * 2, 0.0);
+    const T* bias = biases && biases[task] ? biases[task] + c.begin : static_cast<const T*>(nullptr);
     multiply(g.depth(), forward_views(g, plan.planes, planes), n * plan.positions.per_example,
-             plan.positions.read.data(), plan.positions.write.data(), g.cout, g.out_plane(), packed + task * size,
-             biases && biases[task] ? biases[task] : static_cast<const T*>(nullptr), accumulate,
-             y + example * g.out_size(), m);
+             plan.positions.read.data(), plan.positions.write.data(), c.size(), g.out_plane(),
+             packed + task * size + int64_t(c.begin) * g.depth(), bias, accumulate,
+             y + example * g.out_size() + int64_t(c.begin) * g.out_plane(), m);
   });
 }
 
@@ -368,8 +391,12 @@ void input_grad(const ConvGeometry& g, int tasks, int batch, const T* y_grad, co
           }
     }
   });
-  parallel_for(int64_t(tasks) * groups, [&](int64_t unit) {
-    const int task = int(unit / groups), n0 = int(unit % groups) * group, n = std::min(group, batch - n0);
+  // few groups: cut into parts of input channels too, as the forward
+  const int parts = parts_for_balance(int64_t(tasks) * groups, slivers_of<T>(g.cin));
+  parallel_for(int64_t(tasks) * groups * parts, [&](int64_t unit) {
+    const int task = int(unit / (groups * parts)), index = int(unit / parts % groups);
+    const ChannelRange c = ChannelRange::of<T>(g.cin, int(unit % parts), parts);
+    const int n0 = index * group, n = std::min(group, batch - n0);
     const int64_t example = int64_t(task) * batch + n0;
     T* planes = scratch<T>(0, plan.planes.size(g.cout));
     fill_planes(plan.planes, g.cout, g.oh, g.ow, plan.border, plan.border, n, y_grad + example * g.out_size(),
@@ -378,46 +405,54 @@ void input_grad(const ConvGeometry& g, int tasks, int batch, const T* y_grad, co
     for (size_t ph = 0; ph < plan.phases.size(); ++ph) {
       const auto& phase = plan.phases[ph];
       const int64_t count = n * phase.positions.per_example;
-      T* out = x_grad + example * g.in_size();
+      T* out = x_grad + example * g.in_size() + int64_t(c.begin) * g.in_plane();
       if (phase.taps.empty()) {  // strides over 3 only: positions no tap reaches
         if (!accumulate)
           for (int64_t m = 0; m < count; ++m)
-            for (int ci = 0; ci < g.cin; ++ci) out[phase.positions.write[m] + ci * g.in_plane()] = T(0);
+            for (int ci = 0; ci < c.size(); ++ci) out[phase.positions.write[m] + ci * g.in_plane()] = T(0);
         continue;
       }
       views.resize(phase.view_offsets.size());
       for (size_t p = 0; p < views.size(); ++p) views[p] = planes + phase.view_offsets[p];
-      multiply(int(views.size()), views.data(), count, phase.positions.read.data(), phase.positions.write.data(), g.cin,
-               g.in_plane(), packed + task * size + phase_offset[ph], static_cast<const T*>(nullptr), accumulate, out);
+      const int depth = int(views.size());
+      multiply(depth, views.data(), count, phase.positions.read.data(), phase.positions.write.data(), c.size(),
+               g.in_plane(), packed + task * size + phase_offset[ph] + int64_t(c.begin) * depth,
+               static_cast<const T*>(nullptr), accumulate, out);
     }
   });
 }
 
-// dw (+)= correlate(x, y_grad) for every task. Units are groups of examples; with fewer
-// tasks than threads each thread sums its units into its own slot, added up in a fixed
-// order, so the result does not depend on thread timing (a resumed run reproduces an
-// uninterrupted one bit for bit).
+// dw (+)= correlate(x, y_grad) for every task. A unit owns a task's dw, or with fewer tasks
+// than threads the rows of some of its output channels, and sums the groups of examples
+// in order: the result is the same for any thread count (a resumed run reproduces an
+// uninterrupted one bit for bit). Only where that leaves threads idle (one task of at
+// most NR channels) each thread sums its groups into its own slot, added up in a fixed
+// order.
 template <class T>
 void weight_grad(const ConvGeometry& g, int tasks, int batch, const T* x, const T* y_grad, T* const* weight_grads,
                  bool accumulate) {
   const int group = group_size(g, batch), groups = (batch + group - 1) / group;
   const ForwardPlan& plan = cached_plan<ForwardPlan>(g, group);
   const int64_t weight_size = int64_t(g.cout) * g.depth();
-  const auto add_group = [&](int task, int index, T* dw) {
+  // dw rows c of a task (dw pointing at row c.begin) += one group's products
+  const auto add_group = [&](int task, int index, ChannelRange c, T* dw) {
     const int n0 = index * group, n = std::min(group, batch - n0);
     const int64_t example = int64_t(task) * batch + n0;
     T* planes = scratch<T>(0, plan.planes.size(g.cin));
     fill_planes(plan.planes, g.cin, g.h, g.w, g.pad_top, g.pad_left, n, x + example * g.in_size(), g.in_size(), planes);
     correlate(g.depth(), forward_views(g, plan.planes, planes), n * plan.positions.per_example,
-              plan.positions.read.data(), plan.positions.write.data(), g.cout, g.out_plane(),
-              y_grad + example * g.out_size(), dw);
+              plan.positions.read.data(), plan.positions.write.data(), c.size(), g.out_plane(),
+              y_grad + example * g.out_size() + int64_t(c.begin) * g.out_plane(), dw);
   };
   const int threads = thread_count();
-  if (tasks >= threads || groups == 1) {
-    parallel_for(tasks, [&](int64_t task) {
-      T* dw = weight_grads[task];
-      if (!accumulate) std::fill(dw, dw + weight_size, T(0));
-      for (int i = 0; i < groups; ++i) add_group(int(task), i, dw);
+  const int parts = tasks >= threads ? 1 : std::min(slivers_of<T>(g.cout), (threads + tasks - 1) / tasks);
+  if (int64_t(tasks) * parts >= threads || groups == 1) {
+    parallel_for(int64_t(tasks) * parts, [&](int64_t unit) {
+      const int task = int(unit / parts);
+      const ChannelRange c = ChannelRange::of<T>(g.cout, int(unit % parts), parts);
+      T* dw = weight_grads[task] + int64_t(c.begin) * g.depth();
+      if (!accumulate) std::fill(dw, dw + int64_t(c.size()) * g.depth(), T(0));
+      for (int i = 0; i < groups; ++i) add_group(int(task), i, c, dw);
     });
     return;
   }
@@ -428,7 +463,8 @@ void weight_grad(const ConvGeometry& g, int tasks, int batch, const T* x, const 
   parallel_for(threads, [&](int64_t slot) {
     for (int64_t unit = slot; unit < units; unit += threads) {
       const int task = int(unit / groups);
-      add_group(task, int(unit % groups), partial.data() + (size_t(slot) * tasks + task) * weight_size);
+      add_group(task, int(unit % groups), ChannelRange{0, g.cout},
+                partial.data() + (size_t(slot) * tasks + task) * weight_size);
     }
   });
   for (int task = 0; task < tasks; ++task) {

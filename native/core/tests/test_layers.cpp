@@ -204,6 +204,58 @@ TEST(direct_float_convolution_matches_the_gemm_path) {
 // odd and non-square sizes, both paddings, and groups of several examples (the last one
 // short). The forward against the definition, the two gradients as exact adjoints of
 // it, the input gradient's second pair, and float against double.
+// Few examples are cut into parts of channels, more finely the more threads there are
+// (parallel.h, parts_for_balance): each output must still be computed the same way, so
+// the results at 2 threads are the bits of 1 thread's, and the weight gradient's too
+// (its units own channels; only a task of at most 16 channels on 3 or more threads sums
+// per-thread slots, and those only agree to rounding).
+TEST(convolution_cut_into_channel_parts_gives_the_same_bits_as_one_thread) {
+  struct Case { int cin, cout, h, stride; Padding padding; };
+  for (Case c : {Case{3, 32, 12, 1, Padding::Symmetric}, Case{32, 32, 10, 1, Padding::Symmetric},
+                 Case{64, 64, 7, 2, Padding::TensorFlowSame}, Case{20, 36, 5, 2, Padding::TensorFlowSame},
+                 Case{16, 16, 6, 2, Padding::Symmetric}}) {
+    ConvGeometry g{c.cin, c.h, c.h, c.cout, 0, 0, c.stride, 0, 0};
+    conv_geometry(c.h, c.stride, c.padding, &g.oh, &g.pad_top);
+    conv_geometry(c.h, c.stride, c.padding, &g.ow, &g.pad_left);
+    for (int batch : {1, 3, 5}) {
+      const std::string name = std::to_string(c.cin) + "->" + std::to_string(c.cout) + " h " + std::to_string(c.h) +
+                               " batch " + std::to_string(batch);
+      std::mt19937_64 rng(c.cout * 10 + batch);
+      const auto random = [&](size_t n) {
+        const Vec v = maml_test::random_vector(n, rng);
+        return std::vector<float>(v.begin(), v.end());
+      };
+      const std::vector<float> x = random(batch * g.in_size()), w = random(g.cout * g.depth()), b = random(g.cout);
+      const std::vector<float> r = random(batch * g.out_size());
+      const float* wp[1] = {w.data()};
+      const float* bp[1] = {b.data()};
+      struct Results {
+        std::vector<float> y, xg, wg, bg;
+        std::vector<double> sums;
+      };
+      const auto run = [&](int threads) {
+        ScopedThreadCount scope(threads);
+        Results out{std::vector<float>(r.size()), std::vector<float>(x.size()), std::vector<float>(w.size()),
+                    std::vector<float>(b.size()), std::vector<double>(size_t(batch) * g.cout * 2)};
+        conv_forward<float>(g, 1, batch, x.data(), wp, bp, out.y.data(), false, out.sums.data());
+        conv_input_grad<float>(g, 1, batch, r.data(), wp, out.xg.data(), false);
+        float* wgp[1] = {out.wg.data()};
+        float* bgp[1] = {out.bg.data()};
+        conv_weight_grad<float>(g, 1, batch, x.data(), r.data(), wgp, bgp, false);
+        return out;
+      };
+      const Results one = run(1), two = run(2), three = run(3);
+      CHECK(one.y == two.y && one.y == three.y);
+      CHECK(one.sums == two.sums && one.sums == three.sums);
+      CHECK(one.xg == two.xg && one.xg == three.xg);
+      CHECK(one.wg == two.wg);
+      CHECK(one.bg == two.bg && one.bg == three.bg);
+      CHECK_LESS(maml_test::relative_error(Vec(three.wg.begin(), three.wg.end()), Vec(one.wg.begin(), one.wg.end())),
+                 1e-6, "weight gradient at 3 threads, " + name);
+    }
+  }
+}
+
 TEST(indirect_convolution_matches_the_definition_and_its_adjoints) {
   struct Case { int h, w, stride; Padding padding; };
   for (Case c : {Case{17, 17, 1, Padding::TensorFlowSame}, Case{16, 16, 2, Padding::TensorFlowSame},
