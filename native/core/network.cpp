@@ -189,7 +189,17 @@ void Network<T>::forward(const PassData<T>& data, const T* const* params, const 
           conv_sums_.resize(size_t(examples) * g.cout * 2);
           sums = conv_sums_.data();
         }
-        conv_forward<T>(g, tasks, batch, x, w.data(), b.data(), y, false, sums);
+        // conv -> batch norm -> ReLU -> pool fused: the conv pools its planes while they are
+        // in cache, by the sign of the batch norm's scale (conv_pool.h)
+        PoolByScale<T> pool;
+        const bool pools = size_t(i + 1) < arch_.layers.size() && pool_after_batch_norm_[i + 1];
+        std::vector<const T*> scale;
+        if (pools) {
+          const Layer& norm = arch_.layers[i + 1];
+          if (norm.weight >= 0) scale = slice(params, tasks, norm.weight);
+          pool = {norm.weight >= 0 ? scale.data() : nullptr, argmax_[i + 3].data(), pooled_input_[i + 3].data()};
+        }
+        conv_forward<T>(g, tasks, batch, x, w.data(), b.data(), y, false, sums, pools ? &pool : nullptr);
         if (tangents) {
           if (xt) conv_forward<T>(g, tasks, batch, xt, w.data(), bt.data(), yt, false);
           conv_forward<T>(g, tasks, batch, x, wt.data(), xt ? nullptr : bt.data(), yt, xt != nullptr);
@@ -217,7 +227,8 @@ void Network<T>::forward(const PassData<T>& data, const T* const* params, const 
                                      argmax_[i + 2].data(), pooled_input_[i + 2].data(), statistics_[i], xt,
                                      gamma_tangent,
                                      tangents ? bt.data() : nullptr,
-                                     tangents ? buffer_tangents_[pooled].data() : nullptr, conv_sums);
+                                     tangents ? buffer_tangents_[pooled].data() : nullptr, conv_sums,
+                                     i > 0 && arch_.layers[i - 1].kind == LayerKind::Conv3x3);
           break;
         }
         batch_norm_forward<T>(s, epsilon_, x, gamma, b.data(), y, statistics_[i], xt, gamma_tangent,

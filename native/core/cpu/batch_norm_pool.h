@@ -2,9 +2,10 @@
 // ReLU runs on the pooled values, network.h), fused so that the full-size normalised
 // activations are never stored.
 //   forward   x itself is pooled (by its largest or smallest value, as gamma's sign makes
-//             the normalisation rise or fall) and only the pooled values are normalised:
-//             the pooled values, their argmax and x there are written (a quarter of the
-//             values), and the tangent is evaluated at the argmax alone
+//             the normalisation rise or fall), by the conv while its output is in cache or
+//             else here, and only the pooled values are normalised: the pooled values,
+//             their argmax and x there are written (a quarter of the values), and the
+//             tangent is evaluated at the argmax alone
 //   reverse   the pool's y_grad is zero except at the argmax, so the batch-norm sums run
 //             over the pooled gradient and x at the argmax (kept by the forward), x_grad is written as its dense part and the
 //             argmax entries are added on top: the full-size y_grad is never cleared,
@@ -24,13 +25,14 @@ namespace maml {
 
 // s: the batch norm's shape over the h x w input planes; pooled, argmax and x_at_argmax
 // (x there, for the reverse rule) are [tasks, batch, channels, h/2, w/2], argmax indexing
-// the input plane; x_sums as in batch_norm_forward.
+// the input plane; x_sums as in batch_norm_forward. pooled_by_conv: argmax and x_at_argmax
+// hold the pool already (conv.h's PoolByScale), so x is not read again.
 template <class T>
 void batch_norm_pool_forward(const BatchNormShape& s, int h, int w, T epsilon, const T* x, const T* const* gamma,
                              const T* const* beta, T* pooled, int32_t* argmax, T* x_at_argmax,
                              BatchNormStatistics<T>& stats,
                              const T* x_tangent, const T* const* gamma_tangent, const T* const* beta_tangent,
-                             T* pooled_tangent, const double* x_sums = nullptr) {
+                             T* pooled_tangent, const double* x_sums = nullptr, bool pooled_by_conv = false) {
   const int64_t count = int64_t(s.tasks) * s.channels;
   const int oh = h / 2, ow = w / 2;
   const int64_t out_plane = int64_t(oh) * ow;
@@ -41,34 +43,12 @@ void batch_norm_pool_forward(const BatchNormShape& s, int h, int w, T epsilon, c
     const T mean = stats.mean[unit], inv_std = stats.inv_std[unit];
     const T g = gamma && gamma[task] ? gamma[task][c] : T(1);
     const T b = beta[task][c];
-    // y = g (x - mean) inv_std + b is monotone in x (each rounded step is), rising for
-    // g > 0 and falling for g < 0: the window's largest y sits at its largest x, or its
-    // smallest, first of equals either way. So pool x (or -x) and normalise a quarter of
-    // the values. g = 0 (or NaN) makes every y equal: the first candidate, as the pool.
-    thread_local std::vector<T> negated;
-    negated.resize(size_t(2) * w);
+    // pool x where y is largest (simple_layers.h), unless the conv did as it stored x;
+    // then normalise the pooled quarter
     for (int n = 0; n < s.batch; ++n) {
-      const T* p = x + s.at(task, n, c);
       const int64_t out = ((int64_t(task) * s.batch + n) * s.channels + c) * out_plane;
-      for (int oy = 0; oy < oh; ++oy) {
-        const T* in = p + int64_t(2 * oy) * w;
-        T* x_at = x_at_argmax + out + oy * ow;
-        int32_t* at = argmax + out + oy * ow;
-        if (g > T(0)) {
-          max_pool_row(in, 2 * oy * w, w, ow, x_at, at);
-        } else if (g < T(0)) {
-          for (int i = 0; i < 2 * w; ++i) negated[i] = -in[i];
-          max_pool_row(negated.data(), 2 * oy * w, w, ow, x_at, at);
-          for (int ox = 0; ox < ow; ++ox) x_at[ox] = -x_at[ox];
-        } else {
-          for (int ox = 0; ox < ow; ++ox) {
-            at[ox] = 2 * oy * w + 2 * ox;
-            x_at[ox] = in[2 * ox];
-          }
-        }
-        T* y = pooled + out + oy * ow;
-        for (int ox = 0; ox < ow; ++ox) y[ox] = g * (x_at[ox] - mean) * inv_std + b;  // batch_norm_forward's y
-      }
+      if (!pooled_by_conv) pool_plane_by_sign(x + s.at(task, n, c), h, w, g, x_at_argmax + out, argmax + out);
+      for (int64_t i = 0; i < out_plane; ++i) pooled[out + i] = g * (x_at_argmax[out + i] - mean) * inv_std + b;  // batch_norm_forward's y
     }
     if (!x_tangent) return;
     store_tangent_moments(s, x, x_tangent, task, c, unit, stats);

@@ -20,6 +20,7 @@
 #include "conv_direct.h"
 #include "conv_geometry.h"
 #include "conv_indirect.h"
+#include "conv_pool.h"
 #include "parallel.h"
 #include "reduce.h"
 
@@ -28,9 +29,11 @@ namespace maml {
 // moments (or null, accumulate false): [tasks * batch][cout][2] = sums of y and y^2 over
 // each example's output planes, in double (some slots of a task may hold 0 and another
 // the whole group's sums: only their sum over the task's examples is meaningful).
+// pool (or null, accumulate false): pool every output plane as it is stored (conv_pool.h).
 template <class T>
 void conv_forward(const ConvGeometry& g, int tasks, int batch, const T* x, const T* const* weights,
-                  const T* const* biases, T* y, bool accumulate, double* moments = nullptr) {
+                  const T* const* biases, T* y, bool accumulate, double* moments = nullptr,
+                  const PoolByScale<T>* pool = nullptr) {
 #if defined(__AVX2__) && defined(__FMA__)
   if constexpr (std::is_same<T, float>::value) {
     if (conv_is_direct<T>(g)) {
@@ -43,13 +46,13 @@ void conv_forward(const ConvGeometry& g, int tasks, int batch, const T* x, const
         direct_conv::forward_example(g, x + example * g.in_size(), weights[task], biases ? biases[task] : nullptr,
                                      accumulate, y + example * g.out_size(), bordered,
                                      moments ? moments + example * g.cout * 2 : nullptr, part * blocks / parts * 4,
-                                     (part + 1) * blocks / parts * 4);
+                                     (part + 1) * blocks / parts * 4, pool, task, example);
       });
       return;
     }
   }
 #endif
-  indirect_conv::forward(g, tasks, batch, x, weights, biases, y, accumulate, moments);
+  indirect_conv::forward(g, tasks, batch, x, weights, biases, y, accumulate, moments, pool);
 }
 
 // With a second pair (y_grad2, weights2) the result is convT(y_grad, W) + convT(y_grad2, W2)

@@ -19,6 +19,7 @@
 #endif
 
 #include "bordered_plane.h"
+#include "conv_pool.h"
 #include "parallel.h"
 #include "unroll.h"
 
@@ -143,10 +144,12 @@ void output_row_tiles(const G& g, const Bordered& in, const float* wc, const flo
 // One example: y (+)= conv(x, w) + bias over the output channels [c0, c1) (multiples of 4).
 // moments (or null, and only with accumulate false): [cout][2] = sum(y), sum(y^2) of each
 // output plane, summed in double for the batch norm that follows (network.cpp), which
-// then skips its own passes.
+// then skips its own passes. pool (or null): each four channels' planes are pooled while
+// in L2 (conv_pool.h); task and example locate them.
 template <class G>
 void forward_example(const G& g, const float* x, const float* w, const float* bias, bool accumulate, float* y,
-                     Bordered& in, double* moments, int c0, int c1) {
+                     Bordered& in, double* moments, int c0, int c1, const PoolByScale<float>* pool, int task,
+                     int64_t example) {
   in.fill(g, x);
   const int64_t out_plane = int64_t(g.oh) * g.ow;
   for (int co = c0; co < c1; co += 4) {
@@ -158,6 +161,7 @@ void forward_example(const G& g, const float* x, const float* w, const float* bi
       output_row_tiles<true>(g, in, wc, bc, accumulate, yc, out_plane, lanes);
     else
       output_row_tiles<false>(g, in, wc, bc, accumulate, yc, out_plane, lanes);
+    if (pool) pool->pool(g, task, example, co, co + 4, y);
     if (!moments) continue;
     for (int c = 0; c < 4; ++c) {
       const double* l = lanes + c * 8;

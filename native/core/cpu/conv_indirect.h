@@ -30,6 +30,7 @@
 
 #include "bordered_plane.h"
 #include "conv_geometry.h"
+#include "conv_pool.h"
 #include "gemm.h"
 #include "parallel.h"
 #include "scratch.h"
@@ -328,10 +329,11 @@ struct PackedWeights;  // owner tag of that storage
 
 // y (+)= conv(x, W) + b for every task (weights and biases per task; biases may be null).
 // moments (or null): [tasks * batch][cout][2], sums of y and y^2 per output plane (a
-// group's sums go to its first example, zeros to the others).
+// group's sums go to its first example, zeros to the others). pool (or null): each unit
+// pools its output planes while they are in cache (conv_pool.h).
 template <class T>
 void forward(const ConvGeometry& g, int tasks, int batch, const T* x, const T* const* weights,
-             const T* const* biases, T* y, bool accumulate, double* moments) {
+             const T* const* biases, T* y, bool accumulate, double* moments, const PoolByScale<T>* pool = nullptr) {
   const int group = group_size(g, batch), groups = (batch + group - 1) / group;
   const ForwardPlan& plan = cached_plan<ForwardPlan>(g, group);
   const size_t size = packed_size<T>(g.cout, g.depth());
@@ -355,6 +357,8 @@ void forward(const ConvGeometry& g, int tasks, int batch, const T* x, const T* c
              plan.positions.read.data(), plan.positions.write.data(), c.size(), g.out_plane(),
              packed + task * size + int64_t(c.begin) * g.depth(), bias, accumulate,
              y + example * g.out_size() + int64_t(c.begin) * g.out_plane(), m);
+    if (pool)
+      for (int i = 0; i < n; ++i) pool->pool(g, task, example + i, c.begin, c.end, y + (example + i) * g.out_size());
   });
 }
 

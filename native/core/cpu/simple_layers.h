@@ -5,6 +5,7 @@
 #pragma once
 #include <algorithm>
 #include <cstdint>
+#include <vector>
 #if defined(__AVX2__)
 #include <immintrin.h>
 #endif
@@ -84,6 +85,35 @@ inline void max_pool_row<float>(const float* top, int32_t row, int w, int ow, fl
   max_pool_row_scalar(top, row, w, ox, ow, value, at);
 }
 #endif
+
+// One plane's 2x2 pool taken where g x is largest: with g the scale of a batch norm
+// before the pool, whose y = g (x - mean) s + b is monotone in x in every rounded step
+// (rising for g > 0, falling for g < 0), that is where y is largest, first of equals as
+// max_pool_row. g = 0 (or NaN) makes every y equal: the first candidate. Writes x there
+// and its index in the plane (batch_norm_pool.h normalises just these values).
+template <class T>
+void pool_plane_by_sign(const T* x, int h, int w, T g, T* x_at, int32_t* at) {
+  const int oh = h / 2, ow = w / 2;
+  thread_local std::vector<T> negated;
+  negated.resize(size_t(2) * w);
+  for (int oy = 0; oy < oh; ++oy) {
+    const T* in = x + int64_t(2 * oy) * w;
+    T* value = x_at + oy * ow;
+    int32_t* index = at + oy * ow;
+    if (g > T(0)) {
+      max_pool_row(in, 2 * oy * w, w, ow, value, index);
+    } else if (g < T(0)) {
+      for (int i = 0; i < 2 * w; ++i) negated[i] = -in[i];
+      max_pool_row(negated.data(), 2 * oy * w, w, ow, value, index);
+      for (int ox = 0; ox < ow; ++ox) value[ox] = -value[ox];
+    } else {
+      for (int ox = 0; ox < ow; ++ox) {
+        index[ox] = 2 * oy * w + 2 * ox;
+        value[ox] = in[2 * ox];
+      }
+    }
+  }
+}
 
 // 2x2 windows, stride 2, no padding ('VALID'); ties go to the first maximum in
 // row-major window order, and the same index serves the tangent and reverse passes.

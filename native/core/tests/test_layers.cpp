@@ -256,6 +256,51 @@ TEST(convolution_cut_into_channel_parts_gives_the_same_bits_as_one_thread) {
   }
 }
 
+// The pool a conv takes as it stores its planes (conv_pool.h) is the pool of the stored
+// planes, for the direct and the indirect kernels, scales of both signs and zero, and
+// units cut into channel parts.
+template <class T>
+static void check_pool_while_storing(int cin, int cout, int h, const std::string& name) {
+  ConvGeometry g{cin, h, h, cout, h, h, 1, 1, 1};
+  const int tasks = 2, batch = 3;
+  std::mt19937_64 rng(cin * 7 + cout);
+  const auto random = [&](size_t n) {
+    const Vec v = maml_test::random_vector(n, rng);
+    return std::vector<T>(v.begin(), v.end());
+  };
+  const std::vector<T> x = random(tasks * batch * g.in_size()), w = random(tasks * cout * g.depth());
+  std::vector<T> scale = random(tasks * cout);
+  scale[1] = 0;
+  scale[2] = -std::abs(scale[2]);
+  const T* wp[2] = {w.data(), w.data() + cout * g.depth()};
+  const T* sp[2] = {scale.data(), scale.data() + cout};
+  const size_t pooled = size_t(tasks) * batch * cout * (h / 2) * (h / 2);
+  std::vector<T> y(size_t(tasks) * batch * g.out_size()), x_at(pooled), want_x_at(pooled);
+  std::vector<int32_t> argmax(pooled, -1), want_argmax(pooled);
+  PoolByScale<T> pool{sp, argmax.data(), x_at.data()};
+  conv_forward<T>(g, tasks, batch, x.data(), wp, nullptr, y.data(), false, nullptr, &pool);
+  const int64_t out_pooled = int64_t(h / 2) * (h / 2);
+  for (int t = 0; t < tasks; ++t)
+    for (int n = 0; n < batch; ++n)
+      for (int c = 0; c < cout; ++c) {
+        const int64_t plane = (int64_t(t) * batch + n) * cout + c;
+        pool_plane_by_sign(y.data() + plane * g.out_plane(), h, h, scale[t * cout + c], want_x_at.data() + plane * out_pooled,
+                           want_argmax.data() + plane * out_pooled);
+      }
+  int64_t wrong = 0;
+  for (size_t i = 0; i < pooled; ++i) wrong += argmax[i] != want_argmax[i] || x_at[i] != want_x_at[i];
+  CHECK_LESS(double(wrong), 0.5, "pooled entries unlike the pool of the stored planes, " + name);
+}
+
+TEST(a_conv_pools_its_planes_while_storing_them_as_the_pool_of_the_stored_planes) {
+  for (int threads : {1, 2}) {
+    ScopedThreadCount scope(threads);
+    check_pool_while_storing<float>(3, 8, 12, "direct float");
+    check_pool_while_storing<float>(5, 40, 10, "indirect float, three slivers");
+    check_pool_while_storing<double>(4, 6, 9, "indirect double, odd size");
+  }
+}
+
 TEST(indirect_convolution_matches_the_definition_and_its_adjoints) {
   struct Case { int h, w, stride; Padding padding; };
   for (Case c : {Case{17, 17, 1, Padding::TensorFlowSame}, Case{16, 16, 2, Padding::TensorFlowSame},
