@@ -26,6 +26,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 #include "bordered_plane.h"
@@ -211,6 +212,53 @@ void add_moments(const T* tiles, int64_t count, int n, const T* bias, double* mo
   }
 }
 
+// out[write[q] + c * channel_stride] (+)= tiles[q][c] (+ bias[c]) for q < count, c < n: the
+// tiles' [position][channel] layout turned into output planes.
+template <class T>
+void store_tiles(const T* tiles, int64_t count, const int32_t* write, int n, const T* bias, bool accumulate, T* out,
+                 int64_t channel_stride) {
+  constexpr int NR = Tile<T>::NR;
+  const auto store_one = [&](int64_t q) {
+    T* o = out + write[q];
+    const T* row = tiles + q * NR;
+    for (int c = 0; c < n; ++c) {
+      const T v = row[c] + (bias ? bias[c] : T(0));
+      o[c * channel_stride] = accumulate ? o[c * channel_stride] + v : v;
+    }
+  };
+  int64_t q = 0;
+#if defined(__AVX2__)
+  if constexpr (std::is_same<T, float>::value) {
+    // eight positions with consecutive outputs: 8 x 8 register transposes (gemm.h), one
+    // vector store per channel instead of eight scattered ones
+    const auto consecutive = [&](int64_t q0) {
+      for (int i = 1; i < 8; ++i)
+        if (write[q0 + i] != write[q0] + i) return false;
+      return true;
+    };
+    while (n == NR && q + 8 <= count) {
+      if (!consecutive(q)) {  // a run that crosses into the next example, or a strided phase
+        store_one(q++);
+        continue;
+      }
+      for (int h = 0; h < NR; h += 8) {
+        __m256 r[8];
+        for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(tiles + (q + i) * NR + h);
+        gemm_detail::transpose8x8(r);
+        for (int c = 0; c < 8; ++c) {
+          float* o = out + write[q] + (h + c) * channel_stride;
+          __m256 v = bias ? _mm256_add_ps(r[c], _mm256_set1_ps(bias[h + c])) : r[c];
+          if (accumulate) v = _mm256_add_ps(v, _mm256_loadu_ps(o));
+          _mm256_storeu_ps(o, v);
+        }
+      }
+      q += 8;
+    }
+  }
+#endif
+  for (; q < count; ++q) store_one(q);
+}
+
 // out[write[m] + c * channel_stride] (+)= sum_p views[p][read[m]] B[p][c] (+ bias[c]) for
 // the positions m < count and the output channels c < channels, B packed by pack_weights.
 // moments (or null, accumulate false): [channels][2] += sum and sum of squares of what is
@@ -240,14 +288,8 @@ void multiply(int depth, const T* const* views, int64_t count, const int32_t* re
         }
       }
       const int n = std::min(NR, channels - c0);
-      for (int64_t q = first; q < last; ++q) {
-        T* o = out + write[q] + c0 * channel_stride;
-        const T* row = tiles + (q - first) * NR;
-        for (int c = 0; c < n; ++c) {
-          const T v = row[c] + (bias ? bias[c0 + c] : T(0));
-          o[c * channel_stride] = accumulate ? o[c * channel_stride] + v : v;
-        }
-      }
+      store_tiles(tiles, last - first, write + first, n, bias ? bias + c0 : nullptr, accumulate,
+                  out + c0 * channel_stride, channel_stride);
       if (moments) add_moments(tiles, last - first, n, bias ? bias + c0 : nullptr, moments + c0 * 2);
     }
   }
@@ -265,8 +307,24 @@ void correlate(int depth, const T* const* views, int64_t count, const int32_t* r
   const T* rows[MR];
   for (int64_t first = 0; first < count; first += block_positions) {
     const int n = int(std::min<int64_t>(block_positions, count - first));
-    // y^T [n][cout] in slivers of NR channels, zero past cout
-    for (int s = 0; s < slivers; ++s)
+    // y^T [n][cout] in slivers of NR channels, zero past cout; a full sliver's runs of
+    // consecutive positions (an example's, within the block) through 8 x 8 register
+    // transposes (gemm.h)
+    for (int s = 0; s < slivers; ++s) {
+      if ((s + 1) * NR <= cout) {
+        const T* src = y + int64_t(s) * NR * channel_stride;
+        const int32_t* at = write + first;
+        T* d = packed + int64_t(s) * n * NR;
+        for (int j = 0; j < n;) {
+          int run = 1;
+          while (j + run < n && at[j + run] == at[j] + run) ++run;
+          if (!gemm_detail::transpose_columns(run, src + at[j], channel_stride, NR, d + int64_t(j) * NR))
+            for (int r = 0; r < run; ++r)
+              for (int c = 0; c < NR; ++c) d[(j + r) * NR + c] = src[c * channel_stride + at[j] + r];
+          j += run;
+        }
+        continue;
+      }
       for (int c = 0; c < NR; ++c) {
         const int co = s * NR + c;
         T* d = packed + int64_t(s) * n * NR + c;
@@ -278,6 +336,7 @@ void correlate(int depth, const T* const* views, int64_t count, const int32_t* r
         const int32_t* at = write + first;
         for (int j = 0; j < n; ++j) d[j * NR] = src[at[j]];
       }
+    }
     for (int s = 0; s < slivers; ++s)
       for (int tap = 0; tap < tap_tiles; ++tap) {
         for (int r = 0; r < MR; ++r) rows[r] = views[std::min(tap * MR + r, depth - 1)];
