@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "architecture.h"
+#include "compute_thread.h"
 #include "cpu/parallel.h"
 #include "image_gather.h"
 #include "meta_learner.h"
@@ -276,6 +277,14 @@ class BatchWorker : public Napi::AsyncWorker {
 
   void Execute() override {
     try {
+      maml_addon::ComputeThread::instance().run([&] { compute(); });
+    } catch (const std::exception& e) {
+      SetError(e.what());
+    }
+  }
+  // The work of Execute, on the addon's one compute thread (compute_thread.h).
+  void compute() {
+    {
 #ifdef MAML_HAVE_CUDA
       // On the GPU, indices gather from the device-resident cache: only indices and labels cross.
       if (learner_.gpu && !support_.indices.empty() && !query_.indices.empty() && !support_.labels.empty()) {
@@ -306,8 +315,6 @@ class BatchWorker : public Napi::AsyncWorker {
       } else {
         adaptation_ = learner_.cpu->adapt_and_evaluate(params_.data(), batch, loop_, keep_adapted_, keep_logits_);
       }
-    } catch (const std::exception& e) {
-      SetError(e.what());
     }
   }
   void OnOK() override {
@@ -623,10 +630,14 @@ class Engine : public Napi::ObjectWrap<Engine> {
       set.indices = integer_array<int32_t, napi_int32_array>(o.Get("indices"), set.size, "indices", "Int32Array");
       if (!o.Get("rotations").IsUndefined())
         set.rotations = integer_array<uint8_t, napi_uint8_array>(o.Get("rotations"), set.size, "rotations", "Uint8Array");
-      gather_set(set, cache_.get(), 1, arch_);
     }
+    // on the compute thread, as every call that starts OpenMP work (compute_thread.h)
     std::vector<typename maml::Network<T>::Moments> moments;
-    std::vector<T> logits = learner->forward(params.data(), set.size, set.images.data(), &moments);
+    std::vector<T> logits;
+    maml_addon::ComputeThread::instance().run([&] {
+      gather_set(set, cache_.get(), 1, arch_);
+      logits = learner->forward(params.data(), set.size, set.images.data(), &moments);
+    });
     Napi::Object out = Napi::Object::New(env);
     out.Set("logits", to_js(env, logits));
     Napi::Array bn = Napi::Array::New(env, moments.size());
