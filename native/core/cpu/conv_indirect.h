@@ -356,21 +356,23 @@ void correlate(int depth, const T* const* views, int64_t count, const int32_t* r
     }
 }
 
-// Channels [begin, end) of part `part` of `parts`: whole slivers of NR channels.
+template <class T>
+int slivers_of(int channels) {
+  return (channels + Tile<T>::NR - 1) / Tile<T>::NR;
+}
+
+// Channels [begin, end) of part `part` of `parts` (at most one part a sliver): whole
+// slivers of NR channels, the last one maybe short.
 struct ChannelRange {
   int begin, end;
   template <class T>
   static ChannelRange of(int channels, int part, int parts) {
     constexpr int NR = Tile<T>::NR;
-    const int slivers = (channels + NR - 1) / NR;
+    const int slivers = slivers_of<T>(channels);
     return {part * slivers / parts * NR, std::min(channels, (part + 1) * slivers / parts * NR)};
   }
   int size() const { return end - begin; }
 };
-template <class T>
-int slivers_of(int channels) {
-  return (channels + Tile<T>::NR - 1) / Tile<T>::NR;
-}
 
 // The cin * 9 views of a group's forward planes.
 template <class T>
