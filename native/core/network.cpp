@@ -61,6 +61,7 @@ Network<T>::Network(const Architecture& architecture, T batch_norm_epsilon)
     relu_after_pool_[i] = arch_.layers[i].kind == LayerKind::ReLU && arch_.layers[i + 1].kind == LayerKind::MaxPool2;
   pool_after_batch_norm_.assign(layers, false);
   for (size_t i = 0; i < layers; ++i) pool_after_batch_norm_[i] = pools_batch_norm(arch_, i);
+  kept_planes_.resize(layers);
 }
 
 template <class T>
@@ -72,6 +73,8 @@ double Network<T>::bytes_per_example(const Architecture& a, bool tangent) {
     if (l.kind == LayerKind::MaxPool2) indices += l.out.size();
     if (i > 1 && pools_batch_norm(a, i - 2)) values += l.out.size();  // the batch norm input at the argmax
     widest = std::max<double>(widest, l.in.size());
+    if (l.kind == LayerKind::Conv3x3)  // its kept bordered planes (conv_indirect.h), about the input's size
+      values += double(l.in.channels) * ((l.out.height - 1) * l.stride + 3) * ((l.out.width - 1) * l.stride + 3);
   }
   const double copies = tangent ? 2 : 1;
   return copies * (values + 2 * widest) * sizeof(T) + indices * sizeof(int32_t);
@@ -85,6 +88,8 @@ size_t Network<T>::workspace_bytes() const {
   for (auto& b : argmax_) bytes += b.capacity() * sizeof(int32_t);
   for (auto& b : pooled_input_) bytes += b.capacity() * sizeof(T);
   for (int i = 0; i < 2; ++i) bytes += (grad_[i].capacity() + grad_tangent_[i].capacity()) * sizeof(T);
+  for (auto& layer : kept_planes_)
+    for (auto& kept : layer) bytes += kept.data.capacity() * sizeof(T);
   return bytes;
 }
 
@@ -139,7 +144,7 @@ void Network<T>::run(const PassData<T>& data, const T* const* params, const T* c
                      const PassResult<T>& result) {
   if (data.tasks <= 0 || data.batch <= 0) throw std::invalid_argument("a pass needs at least one task and one example");
   allocate(data.tasks * data.batch, tangents != nullptr);
-  forward(data, params, tangents);
+  forward(data, params, tangents, result.grads != nullptr);
 
   // loss per task, gradient of the logits into grad_[0]
   const int outputs = arch_.outputs;
@@ -168,7 +173,7 @@ void Network<T>::run(const PassData<T>& data, const T* const* params, const T* c
 }
 
 template <class T>
-void Network<T>::forward(const PassData<T>& data, const T* const* params, const T* const* tangents) {
+void Network<T>::forward(const PassData<T>& data, const T* const* params, const T* const* tangents, bool keep_planes) {
   const int tasks = data.tasks, batch = data.batch;
   const int64_t examples = int64_t(tasks) * batch;
   std::copy(data.inputs, data.inputs + examples * arch_.input.size(), buffers_[0].begin());
@@ -199,10 +204,15 @@ void Network<T>::forward(const PassData<T>& data, const T* const* params, const 
           if (norm.weight >= 0) scale = slice(params, tasks, norm.weight);
           pool = {norm.weight >= 0 ? scale.data() : nullptr, argmax_[i + 3].data(), pooled_input_[i + 3].data()};
         }
-        conv_forward<T>(g, tasks, batch, x, w.data(), b.data(), y, false, sums, pools ? &pool : nullptr);
+        // with a backward to come, x and x' are bordered once for all the calls that read them
+        kept_planes_[i][0].filled = kept_planes_[i][1].filled = false;  // x has changed
+        auto* kept = keep_planes ? &kept_planes_[i][0] : nullptr;
+        auto* kept_tangent = keep_planes ? &kept_planes_[i][1] : nullptr;
+        conv_forward<T>(g, tasks, batch, x, w.data(), b.data(), y, false, sums, pools ? &pool : nullptr, kept);
         if (tangents) {
-          if (xt) conv_forward<T>(g, tasks, batch, xt, w.data(), bt.data(), yt, false);
-          conv_forward<T>(g, tasks, batch, x, wt.data(), xt ? nullptr : bt.data(), yt, xt != nullptr);
+          if (xt) conv_forward<T>(g, tasks, batch, xt, w.data(), bt.data(), yt, false, nullptr, nullptr, kept_tangent);
+          conv_forward<T>(g, tasks, batch, x, wt.data(), xt ? nullptr : bt.data(), yt, xt != nullptr, nullptr, nullptr,
+                          kept);
         }
         break;
       }
@@ -298,12 +308,14 @@ void Network<T>::backward(const PassData<T>& data, const T* const* params, const
             for (int t = 0; t < tasks && grads; ++t)
               if (grads[t]) std::fill(grads[t], grads[t] + l.out.channels, T(0));
         }
-        conv_weight_grad<T>(g, tasks, batch, x, yg, wg.data(), bias_cancels ? nullptr : bg.data(), false);
+        const auto& kept = kept_planes_[i];
+        conv_weight_grad<T>(g, tasks, batch, x, yg, wg.data(), bias_cancels ? nullptr : bg.data(), false, &kept[0]);
         if (xg) conv_input_grad<T>(g, tasks, batch, yg, w.data(), xg, false);
         if (tangent) {
           // W_grad' = correlate(x', y_grad) + correlate(x, y_grad');  x_grad' = convT(y_grad', W) + convT(y_grad, W')
-          conv_weight_grad<T>(g, tasks, batch, x, ygt, wgt.data(), bias_cancels ? nullptr : bgt.data(), false);
-          if (xt) conv_weight_grad<T>(g, tasks, batch, xt, yg, wgt.data(), nullptr, true);
+          conv_weight_grad<T>(g, tasks, batch, x, ygt, wgt.data(), bias_cancels ? nullptr : bgt.data(), false,
+                              &kept[0]);
+          if (xt) conv_weight_grad<T>(g, tasks, batch, xt, yg, wgt.data(), nullptr, true, &kept[1]);
           if (xgt) conv_input_grad<T>(g, tasks, batch, ygt, w.data(), xgt, false, yg, wt.data());
         }
         break;

@@ -6,6 +6,7 @@
 // Only what the reverse pass needs is stored: each layer's input (ReLU works in place and
 // reads its mask back from its output), batch-norm statistics and max-pool indices.
 #pragma once
+#include <array>
 #include <cstdint>
 #include <vector>
 
@@ -53,7 +54,8 @@ class Network {
 
  private:
   void allocate(int examples, bool tangent);
-  void forward(const PassData<T>& data, const T* const* params, const T* const* tangents);
+  // keep_planes: keep each conv layer's bordered inputs for the backward (kept_planes_)
+  void forward(const PassData<T>& data, const T* const* params, const T* const* tangents, bool keep_planes);
   void backward(const PassData<T>& data, const T* const* params, const T* const* tangents, const PassResult<T>& result);
 
   const Architecture& arch_;
@@ -79,6 +81,8 @@ class Network {
   std::vector<T> grad_[2], grad_tangent_[2];
   // Sums of a conv's output and its square per example and channel, added up by the conv
   // as it stores, for the batch norm right after it (cpu/batch_norm.h).
+  // kept_planes_[i][0], [1]: conv layer i's bordered x and x' of the current pass
+  std::vector<std::array<indirect_conv::KeptPlanes<T>, 2>> kept_planes_;
   std::vector<double> conv_sums_;
   int allocated_examples_ = 0, allocated_tangent_examples_ = 0;
 };

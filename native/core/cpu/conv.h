@@ -30,10 +30,12 @@ namespace maml {
 // each example's output planes, in double (some slots of a task may hold 0 and another
 // the whole group's sums: only their sum over the task's examples is meaningful).
 // pool (or null, accumulate false): pool every output plane as it is stored (conv_pool.h).
+// kept (or null): x's bordered planes, filled by the first call that gets them and read
+// by the later ones of the same x (indirect layers; the direct kernel borders its own).
 template <class T>
 void conv_forward(const ConvGeometry& g, int tasks, int batch, const T* x, const T* const* weights,
                   const T* const* biases, T* y, bool accumulate, double* moments = nullptr,
-                  const PoolByScale<T>* pool = nullptr) {
+                  const PoolByScale<T>* pool = nullptr, indirect_conv::KeptPlanes<T>* kept = nullptr) {
 #if defined(__AVX2__) && defined(__FMA__)
   if constexpr (std::is_same<T, float>::value) {
     if (conv_is_direct<T>(g)) {
@@ -52,7 +54,7 @@ void conv_forward(const ConvGeometry& g, int tasks, int batch, const T* x, const
     }
   }
 #endif
-  indirect_conv::forward(g, tasks, batch, x, weights, biases, y, accumulate, moments, pool);
+  indirect_conv::forward(g, tasks, batch, x, weights, biases, y, accumulate, moments, pool, kept);
 }
 
 // With a second pair (y_grad2, weights2) the result is convT(y_grad, W) + convT(y_grad2, W2)
@@ -81,7 +83,7 @@ void conv_bias_grad(const ConvGeometry& g, int tasks, int batch, const T* y_grad
 
 template <class T>
 void conv_weight_grad(const ConvGeometry& g, int tasks, int batch, const T* x, const T* y_grad, T* const* weight_grads,
-                      T* const* bias_grads, bool accumulate) {
+                      T* const* bias_grads, bool accumulate, const indirect_conv::KeptPlanes<T>* kept = nullptr) {
 #if defined(__AVX2__) && defined(__FMA__)
   if constexpr (std::is_same<T, float>::value) {
     if (conv_is_direct<T>(g)) {
@@ -106,7 +108,7 @@ void conv_weight_grad(const ConvGeometry& g, int tasks, int batch, const T* x, c
     }
   }
 #endif
-  indirect_conv::weight_grad(g, tasks, batch, x, y_grad, weight_grads, accumulate);
+  indirect_conv::weight_grad(g, tasks, batch, x, y_grad, weight_grads, accumulate, kept);
   conv_bias_grad(g, tasks, batch, y_grad, bias_grads, accumulate);
 }
 

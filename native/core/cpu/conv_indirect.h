@@ -68,6 +68,16 @@ struct Planes {
   int64_t at(int channel, int example) const { return (int64_t(channel) * group + example) * plane; }
 };
 
+// A layer's bordered input planes kept from its forward for the passes of the same call
+// that read the same x again (the tangent's conv(x, W'), the weight gradients), so each
+// x is bordered once per pass: [task][group] blocks of Planes::size(cin). The network
+// owns one per conv layer and input (x, x'), and clears `filled` when x changes.
+template <class T>
+struct KeptPlanes {
+  std::vector<T> data;
+  bool filled = false;
+};
+
 // What a group's indirect product reads and where it writes, per position m:
 // read[m] into the views, write[m] into the output (channel c adds c * its plane).
 struct Positions {
@@ -392,11 +402,16 @@ struct PackedWeights;  // owner tag of that storage
 // moments (or null): [tasks * batch][cout][2], sums of y and y^2 per output plane (a
 // group's sums go to its first example, zeros to the others). pool (or null): each unit
 // pools its output planes while they are in cache (conv_pool.h).
+// kept (or null): x's planes, filled here if not yet (KeptPlanes).
 template <class T>
 void forward(const ConvGeometry& g, int tasks, int batch, const T* x, const T* const* weights,
-             const T* const* biases, T* y, bool accumulate, double* moments, const PoolByScale<T>* pool = nullptr) {
+             const T* const* biases, T* y, bool accumulate, double* moments, const PoolByScale<T>* pool = nullptr,
+             KeptPlanes<T>* kept = nullptr) {
   const int group = group_size(g, batch), groups = (batch + group - 1) / group;
   const ForwardPlan& plan = cached_plan<ForwardPlan>(g, group);
+  const size_t planes_size = plan.planes.size(g.cin);
+  const bool fill_kept = kept && !kept->filled;
+  if (fill_kept) kept->data.resize(planes_size * tasks * groups);
   const size_t size = packed_size<T>(g.cout, g.depth());
   T* packed = thread_scratch<T, PackedWeights, 1>(0, size * tasks);
   parallel_for(tasks, [&](int64_t t) { pack_weights<T>(g.cout, g.depth(), weights[t], packed + t * size); });
@@ -408,8 +423,13 @@ void forward(const ConvGeometry& g, int tasks, int batch, const T* x, const T* c
     const ChannelRange c = ChannelRange::of<T>(g.cout, int(unit % parts), parts);
     const int n0 = index * group, n = std::min(group, batch - n0);
     const int64_t example = int64_t(task) * batch + n0;
-    T* planes = scratch<T>(0, plan.planes.size(g.cin));
-    fill_planes(plan.planes, g.cin, g.h, g.w, g.pad_top, g.pad_left, n, x + example * g.in_size(), g.in_size(), planes);
+    const T* planes = kept && !fill_kept ? kept->data.data() + (int64_t(task) * groups + index) * planes_size : nullptr;
+    if (!planes) {  // the first part of a group fills the kept planes; the others fill their own
+      T* filled = fill_kept && unit % parts == 0 ? kept->data.data() + (int64_t(task) * groups + index) * planes_size
+                                                 : scratch<T>(0, planes_size);
+      fill_planes(plan.planes, g.cin, g.h, g.w, g.pad_top, g.pad_left, n, x + example * g.in_size(), g.in_size(), filled);
+      planes = filled;
+    }
     double* m = moments ? moments + example * g.cout * 2 + c.begin * 2 : nullptr;
     if (m)
       for (int i = 0; i < n; ++i) std::fill(m + i * g.cout * 2, m + i * g.cout * 2 + c.size() * 2, 0.0);
@@ -421,6 +441,7 @@ void forward(const ConvGeometry& g, int tasks, int batch, const T* x, const T* c
     if (pool)
       for (int i = 0; i < n; ++i) pool->pool(g, task, example + i, c.begin, c.end, y + (example + i) * g.out_size());
   });
+  if (kept) kept->filled = true;
 }
 
 // x_grad (+)= conv_transpose(y_grad, W) for every task, phase by phase (AdjointPlan).
@@ -493,18 +514,25 @@ void input_grad(const ConvGeometry& g, int tasks, int batch, const T* y_grad, co
 // uninterrupted one bit for bit). Only where that leaves threads idle (one task of at
 // most NR channels) each thread sums its groups into its own slot, added up in a fixed
 // order.
+// kept (or null): x's planes from the forward, if filled (KeptPlanes).
 template <class T>
 void weight_grad(const ConvGeometry& g, int tasks, int batch, const T* x, const T* y_grad, T* const* weight_grads,
-                 bool accumulate) {
+                 bool accumulate, const KeptPlanes<T>* kept = nullptr) {
   const int group = group_size(g, batch), groups = (batch + group - 1) / group;
   const ForwardPlan& plan = cached_plan<ForwardPlan>(g, group);
   const int64_t weight_size = int64_t(g.cout) * g.depth();
+  const size_t planes_size = plan.planes.size(g.cin);
+  const bool use_kept = kept && kept->filled && kept->data.size() >= planes_size * tasks * groups;
   // dw rows c of a task (dw pointing at row c.begin) += one group's products
   const auto add_group = [&](int task, int index, ChannelRange c, T* dw) {
     const int n0 = index * group, n = std::min(group, batch - n0);
     const int64_t example = int64_t(task) * batch + n0;
-    T* planes = scratch<T>(0, plan.planes.size(g.cin));
-    fill_planes(plan.planes, g.cin, g.h, g.w, g.pad_top, g.pad_left, n, x + example * g.in_size(), g.in_size(), planes);
+    const T* planes = use_kept ? kept->data.data() + (int64_t(task) * groups + index) * planes_size : nullptr;
+    if (!planes) {
+      T* filled = scratch<T>(0, planes_size);
+      fill_planes(plan.planes, g.cin, g.h, g.w, g.pad_top, g.pad_left, n, x + example * g.in_size(), g.in_size(), filled);
+      planes = filled;
+    }
     correlate(g.depth(), forward_views(g, plan.planes, planes), n * plan.positions.per_example,
               plan.positions.read.data(), plan.positions.write.data(), c.size(), g.out_plane(),
               y_grad + example * g.out_size() + int64_t(c.begin) * g.out_plane(), dw);
