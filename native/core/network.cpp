@@ -61,6 +61,9 @@ Network<T>::Network(const Architecture& architecture, T batch_norm_epsilon)
     relu_after_pool_[i] = arch_.layers[i].kind == LayerKind::ReLU && arch_.layers[i + 1].kind == LayerKind::MaxPool2;
   pool_after_batch_norm_.assign(layers, false);
   for (size_t i = 0; i < layers; ++i) pool_after_batch_norm_[i] = pools_batch_norm(arch_, i);
+  conv_pools_.assign(layers, false);
+  for (size_t i = 0; i + 1 < layers; ++i)
+    conv_pools_[i] = arch_.layers[i].kind == LayerKind::Conv3x3 && pool_after_batch_norm_[i + 1];
   kept_planes_.resize(layers);
 }
 
@@ -197,7 +200,7 @@ void Network<T>::forward(const PassData<T>& data, const T* const* params, const 
         // conv -> batch norm -> ReLU -> pool fused: the conv pools its planes while they are
         // in cache, by the sign of the batch norm's scale (conv_pool.h)
         PoolByScale<T> pool;
-        const bool pools = size_t(i + 1) < arch_.layers.size() && pool_after_batch_norm_[i + 1];
+        const bool pools = conv_pools_[i];
         std::vector<const T*> scale;
         if (pools) {
           const Layer& norm = arch_.layers[i + 1];
@@ -238,7 +241,7 @@ void Network<T>::forward(const PassData<T>& data, const T* const* params, const 
                                      gamma_tangent,
                                      tangents ? bt.data() : nullptr,
                                      tangents ? buffer_tangents_[pooled].data() : nullptr, conv_sums,
-                                     i > 0 && arch_.layers[i - 1].kind == LayerKind::Conv3x3);
+                                     i > 0 && conv_pools_[i - 1]);
           break;
         }
         batch_norm_forward<T>(s, epsilon_, x, gamma, b.data(), y, statistics_[i], xt, gamma_tangent,
