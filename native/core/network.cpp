@@ -1,6 +1,7 @@
 #include "network.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <stdexcept>
 
@@ -31,6 +32,23 @@ ConvGeometry geometry(const Layer& l) {
 bool pools_batch_norm(const Architecture& a, size_t i) {
   return i + 2 < a.layers.size() && a.layers[i].kind == LayerKind::BatchNorm &&
          a.layers[i + 1].kind == LayerKind::ReLU && a.layers[i + 2].kind == LayerKind::MaxPool2;
+}
+
+// Values per example that the two reverse-pass gradient buffers hold at most: backward()
+// alternates them layer by layer (the ReLU and a pool feeding a fused batch norm read
+// theirs in place), so each is sized by the layers that use it, not both by the widest.
+std::array<int64_t, 2> gradient_widths(const Architecture& a) {
+  // the logits' gradient starts in buffer 0; every other gradient is some layer's input gradient
+  std::array<int64_t, 2> width{a.layers.empty() ? 0 : a.layers.back().out.size(), 0};
+  int current = 0;  // as in backward(): the buffer holding the current layer's output gradient
+  for (int i = int(a.layers.size()) - 1; i >= 0; --i) {
+    const Layer& l = a.layers[i];
+    const bool in_place = l.kind == LayerKind::ReLU || (l.kind == LayerKind::MaxPool2 && i > 1 && pools_batch_norm(a, i - 2));
+    if (in_place) continue;
+    if (i > 0) width[1 - current] = std::max<int64_t>(width[1 - current], l.in.size());
+    current = 1 - current;
+  }
+  return width;
 }
 
 }  // namespace
@@ -69,18 +87,19 @@ Network<T>::Network(const Architecture& architecture, T batch_norm_epsilon)
 
 template <class T>
 double Network<T>::bytes_per_example(const Architecture& a, bool tangent) {
-  double values = a.input.size(), widest = a.input.size(), indices = 0;
+  double values = a.input.size(), indices = 0;
   for (size_t i = 0; i < a.layers.size(); ++i) {
     const Layer& l = a.layers[i];
     if (l.kind != LayerKind::ReLU && !pools_batch_norm(a, i)) values += l.out.size();
     if (l.kind == LayerKind::MaxPool2) indices += l.out.size();
     if (i > 1 && pools_batch_norm(a, i - 2)) values += l.out.size();  // the batch norm input at the argmax
-    widest = std::max<double>(widest, l.in.size());
-    if (l.kind == LayerKind::Conv3x3)  // its kept bordered planes (conv_indirect.h), about the input's size
+    if (l.kind == LayerKind::Conv3x3 && !conv_is_direct<T>(geometry(l)))
+      // its kept bordered planes (conv_indirect.h), about the input's size
       values += double(l.in.channels) * ((l.out.height - 1) * l.stride + 3) * ((l.out.width - 1) * l.stride + 3);
   }
+  const auto gradients = gradient_widths(a);
   const double copies = tangent ? 2 : 1;
-  return copies * (values + 2 * widest) * sizeof(T) + indices * sizeof(int32_t);
+  return copies * (values + gradients[0] + gradients[1]) * sizeof(T) + indices * sizeof(int32_t);
 }
 
 template <class T>
@@ -123,11 +142,9 @@ void Network<T>::allocate(int examples, bool tangent) {
   if (!grow_primal && !grow_tangent) return;
   allocated_examples_ = std::max(examples, allocated_examples_);
   if (tangent) allocated_tangent_examples_ = std::max(examples, allocated_tangent_examples_);
-  int64_t widest = 0;
   for (size_t b = 0; b < buffers_.size(); ++b) {
     if (grow_primal) buffers_[b].resize(size_t(buffer_width_[b]) * allocated_examples_);
     if (grow_tangent) buffer_tangents_[b].resize(size_t(buffer_width_[b]) * allocated_tangent_examples_);
-    widest = std::max(widest, buffer_width_[b]);
   }
   if (grow_primal)
     for (size_t i = 0; i < arch_.layers.size(); ++i)
@@ -136,9 +153,10 @@ void Network<T>::allocate(int examples, bool tangent) {
         if (i > 1 && pool_after_batch_norm_[i - 2])
           pooled_input_[i].resize(size_t(arch_.layers[i].out.size()) * allocated_examples_);
       }
+  const auto widths = gradient_widths(arch_);
   for (int i = 0; i < 2; ++i) {
-    if (grow_primal) grad_[i].resize(size_t(widest) * allocated_examples_);
-    if (grow_tangent) grad_tangent_[i].resize(size_t(widest) * allocated_tangent_examples_);
+    if (grow_primal) grad_[i].resize(size_t(widths[i]) * allocated_examples_);
+    if (grow_tangent) grad_tangent_[i].resize(size_t(widths[i]) * allocated_tangent_examples_);
   }
 }
 

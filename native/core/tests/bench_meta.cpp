@@ -34,13 +34,14 @@ int main(int argc, char** argv) {
   const std::string which = argc > 1 ? argv[1] : "all";
   const int repeats = argc > 2 ? std::atoi(argv[2]) : 5;
   const int only_order = argc > 3 ? std::atoi(argv[3]) : 0;  // 1 or 2: just that order (for profiling)
+  const double budget_mb = argc > 4 ? std::atof(argv[4]) : 512;  // workspace budget (sets the task group)
   for (const Setting& s : settings) {
     if (which != "all" && which != s.name) continue;
     ArchitectureOptions o;
     o.name = s.arch;
     o.ways = s.ways;
     const Architecture arch = make_architecture(o);
-    MetaLearner<float> learner(arch);
+    MetaLearner<float> learner(arch, 1e-3f, budget_mb * 1e6);
     const int support = s.ways * s.shots, query = s.ways * s.queries;
     std::mt19937 rng(1);
     std::uniform_real_distribution<float> pixel(0, 1);
