@@ -57,10 +57,14 @@ struct Bordered {
 // y[co0..co0+4, oy, ox0..ox0+8*V) (+)= sum over taps; `valid` columns of the last vector.
 // Moments: add the tile's sums of y and y^2 to moments (per channel 4 lanes of each, in
 // double). A template flag, so that the plain kernel keeps its registers to itself.
-template <int V, bool Moments>
-inline void forward_tile(const Bordered& in, int cin, const float* w, int oy, int ox0, int valid_last,
+// CIN > 0: the input channel count known at compile time, so that the 9 * CIN taps unroll
+// with constant weight offsets; looped, GCC spilled accumulators to the stack in the tap
+// loop (MiniImagenet's input layer: 17.1 -> 13.6 ms for 75 images, one thread).
+template <int V, bool Moments, int CIN>
+inline void forward_tile(const Bordered& in, int cin_runtime, const float* w, int oy, int ox0, int valid_last,
                          const float* bias, bool accumulate, float* y, int64_t out_plane, int ow, double* moments) {
   __m256 acc[4][V];
+  const int cin = CIN > 0 ? CIN : cin_runtime;
 MAML_UNROLL(4)
   for (int c = 0; c < 4; ++c)
 MAML_UNROLL(3)
@@ -68,7 +72,9 @@ MAML_UNROLL(3)
   const int depth = cin * 9;
   const float* weight_rows[4];
   for (int c = 0; c < 4; ++c) weight_rows[c] = w + c * depth;
+MAML_UNROLL(4)
   for (int ci = 0; ci < cin; ++ci)
+MAML_UNROLL(3)
     for (int ky = 0; ky < 3; ++ky) {
       const float* row = in.row(ci, oy + ky) + ox0;
 MAML_UNROLL(3)
@@ -124,20 +130,30 @@ MAML_UNROLL(3)
 }
 
 // Every output row of four channels, in tiles of three vectors and one shorter tail tile.
-template <bool Moments, class G>
-void output_row_tiles(const G& g, const Bordered& in, const float* wc, const float* bc, bool accumulate, float* yc,
+template <bool Moments, int CIN, class G>
+void output_row_tiles_of(const G& g, const Bordered& in, const float* wc, const float* bc, bool accumulate, float* yc,
                       int64_t out_plane, double* lanes) {
   for (int oy = 0; oy < g.oh; ++oy) {
     int ox = 0;
     for (; ox + 24 <= g.ow; ox += 24)
-      forward_tile<3, Moments>(in, g.cin, wc, oy, ox, 8, bc, accumulate, yc, out_plane, g.ow, lanes);
+      forward_tile<3, Moments, CIN>(in, g.cin, wc, oy, ox, 8, bc, accumulate, yc, out_plane, g.ow, lanes);
     const int rest = g.ow - ox;
     if (rest > 16)
-      forward_tile<3, Moments>(in, g.cin, wc, oy, ox, rest - 16, bc, accumulate, yc, out_plane, g.ow, lanes);
+      forward_tile<3, Moments, CIN>(in, g.cin, wc, oy, ox, rest - 16, bc, accumulate, yc, out_plane, g.ow, lanes);
     else if (rest > 8)
-      forward_tile<2, Moments>(in, g.cin, wc, oy, ox, rest - 8, bc, accumulate, yc, out_plane, g.ow, lanes);
+      forward_tile<2, Moments, CIN>(in, g.cin, wc, oy, ox, rest - 8, bc, accumulate, yc, out_plane, g.ow, lanes);
     else if (rest > 0)
-      forward_tile<1, Moments>(in, g.cin, wc, oy, ox, rest, bc, accumulate, yc, out_plane, g.ow, lanes);
+      forward_tile<1, Moments, CIN>(in, g.cin, wc, oy, ox, rest, bc, accumulate, yc, out_plane, g.ow, lanes);
+  }
+}
+
+template <bool Moments, class G>
+void output_row_tiles(const G& g, const Bordered& in, const float* wc, const float* bc, bool accumulate, float* yc,
+                      int64_t out_plane, double* lanes) {
+  switch (g.cin) {
+    case 1: return output_row_tiles_of<Moments, 1>(g, in, wc, bc, accumulate, yc, out_plane, lanes);
+    case 3: return output_row_tiles_of<Moments, 3>(g, in, wc, bc, accumulate, yc, out_plane, lanes);
+    default: return output_row_tiles_of<Moments, 0>(g, in, wc, bc, accumulate, yc, out_plane, lanes);
   }
 }
 
@@ -197,7 +213,8 @@ MAML_UNROLL(3)
         }
 MAML_UNROLL(4)
         for (int c = 0; c < 4; ++c) {
-          const __m256 d = full ? _mm256_loadu_ps(grad_rows[c] + at) : _mm256_maskload_ps(grad_rows[c] + at, lanes);
+          __m256 d = full ? _mm256_loadu_ps(grad_rows[c] + at) : _mm256_maskload_ps(grad_rows[c] + at, lanes);
+          __asm__("" : "+x"(d));  // one load for its three FMAs, not a memory operand in each
 MAML_UNROLL(3)
           for (int k = 0; k < 3; ++k) acc[c][k] = _mm256_fmadd_ps(d, x[k], acc[c][k]);
         }

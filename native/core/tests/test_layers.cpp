@@ -152,15 +152,18 @@ TEST(conv_forward_and_gradients_match_direct_convolution_and_finite_differences)
 // Float layers with few input channels at stride 1 (the miniimagenet input layer) take the
 // direct kernels of cpu/conv_direct.h; double takes the indirect GEMM tiles. Both must give the
 // same forward (plain and accumulated) and weight and bias gradients, at widths that end in
-// a full three-vector tile or a tail of one, two or three vectors.
+// a full three-vector tile or a tail of one, two or three vectors, with 3 input channels
+// and with 1 and 2 (the forward kernel is unrolled for 1 and 3, looped for the others).
 TEST(direct_float_convolution_matches_the_gemm_path) {
-  for (int h : {24, 13, 30, 20, 84}) {
-    ConvGeometry g{3, h, h, 8, 0, 0, 1, 0, 0};
+  struct Case { int cin, h; };
+  for (Case c : {Case{3, 24}, Case{3, 13}, Case{3, 30}, Case{3, 20}, Case{3, 84}, Case{1, 30}, Case{2, 20}}) {
+    const int h = c.h;
+    ConvGeometry g{c.cin, h, h, 8, 0, 0, 1, 0, 0};
     conv_geometry(h, 1, Padding::TensorFlowSame, &g.oh, &g.pad_top);
     conv_geometry(h, 1, Padding::TensorFlowSame, &g.ow, &g.pad_left);
     const bool direct = conv_is_direct<float>(g);
     const int tasks = 2, batch = 2;
-    std::mt19937_64 rng(h);
+    std::mt19937_64 rng(h * 4 + c.cin);
     const Vec x = maml_test::random_vector(tasks * batch * g.in_size(), rng);
     const Vec w = maml_test::random_vector(tasks * g.cout * g.depth(), rng), b = maml_test::random_vector(tasks * g.cout, rng);
     const Vec r = maml_test::random_vector(tasks * batch * g.out_size(), rng);
@@ -176,8 +179,9 @@ TEST(direct_float_convolution_matches_the_gemm_path) {
     conv_forward<double>(g, tasks, batch, x.data(), wp, nullptr, y.data(), true);
     conv_forward<float>(g, tasks, batch, xf.data(), wpf, bpf, yf.data(), false);
     conv_forward<float>(g, tasks, batch, xf.data(), wpf, nullptr, yf.data(), true);
-    CHECK_LESS(maml_test::relative_error(Vec(yf.begin(), yf.end()), y), 1e-5, "direct forward, h " + std::to_string(h));
-    check_moments<float>(g, tasks, batch, xf.data(), wpf, bpf, "direct, h " + std::to_string(h));
+    const std::string name = "cin " + std::to_string(c.cin) + ", h " + std::to_string(h);
+    CHECK_LESS(maml_test::relative_error(Vec(yf.begin(), yf.end()), y), 1e-5, "direct forward, " + name);
+    check_moments<float>(g, tasks, batch, xf.data(), wpf, bpf, "direct, " + name);
     // weight and bias gradients
     Vec wg(w.size()), bg(b.size());
     std::vector<float> wgf(w.size()), bgf(b.size());
