@@ -148,20 +148,27 @@ struct AdjointPlan {
   }
 };
 
+// out[0..n) = in[0..n), the two never overlapping: without the restrict GCC checks for
+// overlap on every row before its vector loop, which costs more than a row of 7 to 28 values
+template <class T>
+inline void copy_row(const T* __restrict in, T* __restrict out, int n) {
+  for (int x = 0; x < n; ++x) out[x] = in[x];
+}
+
 // Copies `examples` images [channels, h, w] (consecutive, `size` apart) into the planes:
 // one zero fill, then the rows (omniglot's are 4 to 28 values: no per-row border logic).
 template <class T>
 void fill_planes(const Planes& planes, int channels, int h, int w, int pad_top, int pad_left, int examples,
                  const T* images, int64_t size, T* data) {
   const int rows = std::min(h, planes.rows - pad_top), cols = std::min(w, planes.cols - pad_left);
+  const int64_t pitch = planes.cols;
   for (int c = 0; c < channels; ++c) {
     T* block = data + planes.at(c, 0);
     std::fill(block, block + examples * planes.plane, T(0));
     for (int n = 0; n < examples; ++n) {
       const T* in = images + n * size + int64_t(c) * h * w;
-      T* out = block + n * planes.plane + int64_t(pad_top) * planes.cols + pad_left;
-      for (int r = 0; r < rows; ++r)
-        for (int x = 0; x < cols; ++x) out[r * planes.cols + x] = in[r * w + x];
+      T* out = block + n * planes.plane + int64_t(pad_top) * pitch + pad_left;
+      for (int r = 0; r < rows; ++r) copy_row(in + int64_t(r) * w, out + r * pitch, cols);
     }
   }
 }
