@@ -9,7 +9,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createEngine } from '../src/native/engine.js';
 import { metaGradientFlops } from '../src/bench/flops.js';
-import { spread } from '../src/bench/order.js';
+import { combineCeilings, spread } from '../src/bench/order.js';
 import type { OrderBenchResult } from '../src/bench/order.js';
 
 const cli = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', 'src', 'cli', 'main.js');
@@ -43,6 +43,18 @@ test('spread: median and quartiles by linear interpolation', () => {
   assert.deepEqual(spread([4, 1, 3, 2]), { median: 2.5, min: 1, max: 4, q1: 1.75, q3: 3.25, iqr: 1.5 });
 });
 
+test('GEMM ceiling: the faster of two readings, both kept', () => {
+  const reading = (gflops: number) => ({ available: true, binary: 'b', size: 1024, threads: 2, seconds: 2 * 1024 ** 3 / gflops / 1e9, gflops, readings: [gflops] });
+  const both = combineCeilings(reading(92), reading(141));
+  assert.equal(both.gflops, 141);
+  assert.ok(close(both.seconds!, 2 * 1024 ** 3 / 141 / 1e9));
+  assert.deepEqual(both.readings, [92, 141]);
+  assert.equal(combineCeilings(reading(150), reading(120)).gflops, 150);
+  const missing = { available: false, binary: 'b', reason: 'missing' };
+  assert.equal(combineCeilings(missing, reading(100)).gflops, 100);
+  assert.equal(combineCeilings(reading(100), missing).gflops, 100);
+});
+
 test('bench order --quick --tiny writes self-consistent JSON, Markdown and a PNG', () => {
   const out = mkdtempSync(path.join(tmpdir(), 'bench-'));
   const printed = execFileSync(process.execPath, [cli, 'bench', 'order', '--quick', '--tiny', '--no-progress', '--out', out],
@@ -57,6 +69,10 @@ test('bench order --quick --tiny writes self-consistent JSON, Markdown and a PNG
   assert.ok(existsSync(path.join(out, 'bench-order-sweep.png')));
   assert.deepEqual(r.rows.map((x) => [x.setting, x.order]), [['tiny-omniglot', 1], ['tiny-omniglot', 2]]);
   const gemm = r.gemm.available ? r.gemm.gflops! : null;
+  if (gemm !== null) {  // readings before and after the settings; the ceiling is the best
+    assert.equal(r.gemm.readings!.length, 2);
+    assert.equal(gemm, Math.max(...r.gemm.readings!));
+  }
   const setting = r.settings[0];
   const layers = createEngine({ arch: setting.arch, ways: setting.ways, imageSize: setting.imageSize, filters: setting.filters }).layers();
   for (const m of [...r.rows, ...r.sweep.flatMap((s) => s.points)]) {
