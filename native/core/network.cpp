@@ -43,7 +43,8 @@ std::array<int64_t, 2> gradient_widths(const Architecture& a) {
   int current = 0;  // as in backward(): the buffer holding the current layer's output gradient
   for (int i = int(a.layers.size()) - 1; i >= 0; --i) {
     const Layer& l = a.layers[i];
-    const bool in_place = l.kind == LayerKind::ReLU || (l.kind == LayerKind::MaxPool2 && i > 1 && pools_batch_norm(a, i - 2));
+    const bool in_place =
+        l.kind == LayerKind::ReLU || (l.kind == LayerKind::MaxPool2 && i > 1 && pools_batch_norm(a, i - 2));
     if (in_place) continue;
     if (i > 0) width[1 - current] = std::max<int64_t>(width[1 - current], l.in.size());
     current = 1 - current;

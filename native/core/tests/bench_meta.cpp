@@ -4,7 +4,7 @@
 // fresh process; this binary is the same measurement without Node, for profiling.
 // Each line also times the trainer's usual call (training_median_s): the same meta-gradient
 // without the pre-adaptation query pass, which the trainer runs on every 10th iteration.
-// Usage: maml_bench_meta [setting|all] [repeats] [order: 1 or 2, default both]
+// Usage: maml_bench_meta [setting|all] [repeats] [order: 1 or 2, 0 both] [workspace budget MB, default 512]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
