@@ -34,19 +34,23 @@ bool pools_batch_norm(const Architecture& a, size_t i) {
          a.layers[i + 1].kind == LayerKind::ReLU && a.layers[i + 2].kind == LayerKind::MaxPool2;
 }
 
-// Values per example that the two reverse-pass gradient buffers hold at most: backward()
-// alternates them layer by layer (the ReLU and a pool feeding a fused batch norm read
-// theirs in place), so each is sized by the layers that use it, not both by the widest.
+// Layer i's reverse rule leaves the gradient in the buffer it found it in: the ReLU (in
+// place), and a max pool feeding a fused batch norm (which reads the pooled gradient).
+// Every other layer writes its input gradient into the other buffer of backward()'s two.
+bool gradient_in_place(const Architecture& a, int i) {
+  const LayerKind kind = a.layers[i].kind;
+  return kind == LayerKind::ReLU || (kind == LayerKind::MaxPool2 && i > 1 && pools_batch_norm(a, i - 2));
+}
+
+// Values per example that the two reverse-pass gradient buffers hold at most, each sized
+// by the layers that write it, not both by the widest.
 std::array<int64_t, 2> gradient_widths(const Architecture& a) {
   // the logits' gradient starts in buffer 0; every other gradient is some layer's input gradient
   std::array<int64_t, 2> width{a.layers.empty() ? 0 : a.layers.back().out.size(), 0};
   int current = 0;  // as in backward(): the buffer holding the current layer's output gradient
   for (int i = int(a.layers.size()) - 1; i >= 0; --i) {
-    const Layer& l = a.layers[i];
-    const bool in_place =
-        l.kind == LayerKind::ReLU || (l.kind == LayerKind::MaxPool2 && i > 1 && pools_batch_norm(a, i - 2));
-    if (in_place) continue;
-    if (i > 0) width[1 - current] = std::max<int64_t>(width[1 - current], l.in.size());
+    if (gradient_in_place(a, i)) continue;
+    if (i > 0) width[1 - current] = std::max<int64_t>(width[1 - current], a.layers[i].in.size());
     current = 1 - current;
   }
   return width;
@@ -318,7 +322,6 @@ void Network<T>::backward(const PassData<T>& data, const T* const* params, const
     const auto w = slice(params, tasks, l.weight), wt = slice(tangents, tasks, l.weight);
     const auto wg = slice(result.grads, tasks, l.weight), bg = slice(result.grads, tasks, l.bias);
     const auto wgt = slice(result.grad_tangents, tasks, l.weight), bgt = slice(result.grad_tangents, tasks, l.bias);
-    bool swapped = true;
     switch (l.kind) {
       case LayerKind::Conv3x3: {
         const ConvGeometry g = geometry(l);
@@ -373,7 +376,6 @@ void Network<T>::backward(const PassData<T>& data, const T* const* params, const
         break;
       }
       case LayerKind::ReLU: {
-        swapped = false;
         if (relu_after_pool_[i]) break;  // the max pool above applied the mask
         const int64_t size = examples * l.in.size();
         relu_mask<T>(size, y, yg);
@@ -387,10 +389,7 @@ void Network<T>::backward(const PassData<T>& data, const T* const* params, const
           relu_mask<T>(examples * l.out.size(), y, yg);
           if (ygt) relu_mask<T>(examples * l.out.size(), y, ygt);
         }
-        if (i > 1 && pool_after_batch_norm_[i - 2]) {
-          swapped = false;  // the batch norm below reads the pooled gradients as they are
-          break;
-        }
+        if (i > 1 && pool_after_batch_norm_[i - 2]) break;  // the batch norm below reads the pooled gradients
         if (xg) max_pool_scatter<T>(planes, l.in.height, l.in.width, yg, argmax_[i].data(), xg);
         if (xgt) max_pool_scatter<T>(planes, l.in.height, l.in.width, ygt, argmax_[i].data(), xgt);
         break;
@@ -402,7 +401,7 @@ void Network<T>::backward(const PassData<T>& data, const T* const* params, const
         break;
       }
     }
-    if (swapped) current = 1 - current;
+    if (!gradient_in_place(arch_, i)) current = 1 - current;
   }
 }
 

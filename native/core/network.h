@@ -79,13 +79,13 @@ class Network {
   std::vector<std::vector<T>> pooled_input_;
   std::vector<BatchNormStatistics<T>> statistics_;
   std::vector<T> grad_[2], grad_tangent_[2];
-  // Sums of a conv's output and its square per example and channel, added up by the conv
-  // as it stores, for the batch norm right after it (cpu/batch_norm.h).
   // conv_pools_[i]: conv i feeds a fused batch norm + pool and pools its planes itself
   // (cpu/conv_pool.h), so that batch norm reads only the pooled values
   std::vector<bool> conv_pools_;
   // kept_planes_[i][0], [1]: conv layer i's bordered x and x' of the current pass
   std::vector<std::array<indirect_conv::KeptPlanes<T>, 2>> kept_planes_;
+  // Sums of a conv's output and its square per example and channel, added up by the conv
+  // as it stores, for the batch norm right after it (cpu/batch_norm.h).
   std::vector<double> conv_sums_;
   int allocated_examples_ = 0, allocated_tangent_examples_ = 0;
 };
